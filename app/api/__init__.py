@@ -1,0 +1,72 @@
+"""flask-restful resources, one module per resource, and the JSON error handling they share."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, jsonify
+from flask_restful import Api
+from sqlalchemy.exc import DBAPIError
+from werkzeug.exceptions import HTTPException
+
+from app.errors import ApiError
+
+log = logging.getLogger("llmos.api")
+
+HTTP_CODES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+    409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_input",
+    429: "rate_limited",
+}
+
+
+def error_response(exc: BaseException) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Every error becomes {"error": {"code", "message", "field"?}} with its status; never a traceback."""
+    if isinstance(exc, ApiError):
+        return exc.body(), exc.status, exc.headers
+    if isinstance(exc, HTTPException):
+        status = exc.code or 500
+        message = exc.description or exc.name
+        if status == 413:
+            message = "the request body is larger than the limit (LLMOS_MAX_REQUEST_BYTES)"
+        return {"error": {"code": HTTP_CODES.get(status, "http_error"), "message": message}}, status, {}
+    if isinstance(exc, DBAPIError) and (exc.connection_invalidated or _is_connection_error(exc)):
+        log.warning("database unavailable: %s", exc.__class__.__name__)
+        return ({"error": {"code": "unavailable", "message": "the database is unavailable; try again"}},
+                503, {"Retry-After": "5"})
+    log.exception("unhandled error")
+    return {"error": {"code": "internal", "message": "internal error"}}, 500, {}
+
+
+def _is_connection_error(exc: DBAPIError) -> bool:
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    return isinstance(exc, (OperationalError, InterfaceError))
+
+
+class JsonApi(Api):
+    def handle_error(self, e: Exception):  # noqa: ANN201
+        body, status, headers = error_response(e)
+        return self.make_response(body, status, headers=headers)
+
+
+def init_api(app: Flask) -> None:
+    from app.api import health, jobs, models, workers
+
+    api = JsonApi(app, catch_all_404s=True)
+    api.add_resource(health.Health, "/healthz")
+    api.add_resource(jobs.JobList, "/jobs")
+    api.add_resource(jobs.JobItem, "/jobs/<string:job_id>")
+    api.add_resource(jobs.JobCancel, "/jobs/<string:job_id>/cancel")
+    api.add_resource(jobs.JobEvents, "/jobs/<string:job_id>/events")
+    api.add_resource(models.ModelList, "/models")
+    api.add_resource(workers.WorkerList, "/workers")
+
+    @app.errorhandler(Exception)
+    def _any(e: Exception):  # noqa: ANN202
+        body, status, headers = error_response(e)
+        resp = jsonify(body)
+        resp.status_code = status
+        resp.headers.update(headers)
+        return resp

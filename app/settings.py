@@ -1,0 +1,68 @@
+"""Typed settings, read from LLMOS_* environment variables and validated at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMOS_", extra="ignore")
+
+    env: str = Field("development", description="development or production")
+    data_dir: Path = Field(Path(".llmos"), description="files of the embedded default: database, broker, models")
+    database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite under data_dir")
+    broker_url: str = Field("", description="Celery broker URL; empty means kombu filesystem:// under data_dir")
+    model_dir: Path | None = Field(None, description="converted/downloaded model files; default data_dir/models")
+
+    # API limits
+    max_request_bytes: int = 1_000_000
+    max_prompt_chars: int = 32_000
+    max_new_tokens_limit: int = 4096
+    max_wait_s: int = 60
+    default_timeout_s: int = 600
+    max_timeout_s: int = 24 * 3600
+    public_url: str = ""
+
+    # Broker
+    visibility_timeout_s: int = 24 * 3600 + 600
+    publish_timeout_s: float = 2.0
+
+    # Worker
+    gpu_type: str | None = Field(None, description="override the detected GPU type (h100, a100-80gb, cpu, ...)")
+    worker_concurrency: int = 32
+    worker_max_batch: int = 64
+    model_cache_bytes: int | None = Field(None, description="model cache budget; default 90% of GPU memory or 8 GiB")
+    heartbeat_interval_s: float = 5.0
+    relay_interval_s: float = 5.0
+    device: str | None = Field(None, description="torch device override (cuda, cpu)")
+
+    @model_validator(mode="after")
+    def _defaults(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser().resolve()
+        if self.model_dir is None:
+            self.model_dir = self.data_dir / "models"
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'llmos.db'}"
+        if not self.broker_url:
+            self.broker_url = "filesystem://"
+        if self.env not in ("development", "production", "test"):
+            raise ValueError("LLMOS_ENV must be development, production or test")
+        if self.env == "production" and self.database_url.startswith("sqlite"):
+            raise ValueError("LLMOS_ENV=production needs LLMOS_DATABASE_URL (PostgreSQL)")
+        return self
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / "broker"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
+    return Settings(**(overrides or {}))

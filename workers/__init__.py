@@ -1,0 +1,1 @@
+"""Celery workers and everything that needs torch."""

@@ -1,0 +1,49 @@
+"""Worker entry point: build the Flask app and Celery app, attach the runtime, consume the queues."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.signals import worker_ready, worker_shutdown
+
+from app import create_app
+from app.queue import make_queue, worker_queues
+from workers import hardware
+
+log = logging.getLogger("llmos.worker")
+
+KINDS_SERVED = ["generate"]
+
+
+def run_worker(*, gpu_type: str | None = None, queues: list[str] | None = None,
+               concurrency: int | None = None, loglevel: str = "INFO", config: dict[str, Any] | None = None) -> None:
+    flask_app = create_app(config)
+    platform = flask_app.extensions["llmos"]
+    settings = platform.settings
+    hw = hardware.detect(gpu_type or settings.gpu_type, settings.device)
+    queues = queues or worker_queues(KINDS_SERVED, hw.gpu_type)
+
+    import workers.tasks  # noqa: F401 - registers the tasks
+    from workers.runtime import WorkerRuntime
+
+    rt = WorkerRuntime.create(platform, hw, queues)
+    flask_app.extensions["llmos_worker"] = rt
+    celery = flask_app.extensions["celery"]
+    celery.conf.task_queues = [make_queue(q) for q in queues]
+
+    def _ready(**_: Any) -> None:
+        rt.start()
+        log.info("worker %s ready: gpu=%s device=%s queues=%s", rt.worker_id, hw.gpu_type, hw.device, queues)
+
+    def _shutdown(**_: Any) -> None:
+        rt.stop()
+
+    worker_ready.connect(_ready, weak=False)
+    worker_shutdown.connect(_shutdown, weak=False)
+    argv = [
+        "worker", "--pool=threads", f"--concurrency={concurrency or settings.worker_concurrency}",
+        f"--queues={','.join(queues)}", f"--hostname={rt.worker_id}", f"--loglevel={loglevel}",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]
+    celery.worker_main(argv)

@@ -1,0 +1,124 @@
+"""Loaded models, least recently used first out, within a memory budget. A hit costs nothing."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workers import loaders
+from workers.engines.generation import GenerationEngine
+from workers.errors import JobFailure
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelSpec:
+    """What the cache needs of a registry entry (read from the database, then the session is closed)."""
+
+    name: str
+    kind: str
+    source_type: str
+    source: str
+    config: dict[str, Any]
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    model: Any
+    tokenizer: Any
+    engine: GenerationEngine
+    bytes: int
+    load_seconds: float
+    max_positions: int | None
+
+
+class ModelCache:
+    def __init__(self, *, model_dir: Path, device: str, budget_bytes: int, max_batch: int) -> None:
+        self.model_dir = model_dir
+        self.device = device
+        self.budget_bytes = budget_bytes
+        self.max_batch = max_batch
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self._load_locks: dict[str, threading.Lock] = {}
+        self.hits = 0
+        self.cold_loads = 0
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return list(self._models)
+
+    def get(self, spec: ModelSpec) -> LoadedModel:
+        with self._lock:
+            hit = self._models.get(spec.name)
+            if hit is not None:
+                self._models.move_to_end(spec.name)
+                self.hits += 1
+                return hit
+            load_lock = self._load_locks.setdefault(spec.name, threading.Lock())
+        with load_lock:  # one load per model, concurrent requests wait for it
+            with self._lock:
+                if spec.name in self._models:
+                    return self._models[spec.name]
+            loaded = self._load(spec)
+            with self._lock:
+                self._models[spec.name] = loaded
+                self.cold_loads += 1
+                self._evict_over_budget(keep=spec.name)
+            return loaded
+
+    def _load(self, spec: ModelSpec) -> LoadedModel:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        t0 = time.monotonic()
+        path = loaders.materialise(name=spec.name, source_type=spec.source_type, source=spec.source,
+                                   config=spec.config, model_dir=self.model_dir)
+        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        except torch.cuda.OutOfMemoryError:
+            raise JobFailure("out_of_memory", f"model {spec.name!r} does not fit in GPU memory") from None
+        except OSError as exc:
+            raise JobFailure("model_not_found", f"model {spec.name!r} could not be loaded: {exc}") from None
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        size = sum(p.numel() * p.element_size() for p in model.parameters())
+        size += sum(b.numel() * b.element_size() for b in model.buffers())
+        seconds = time.monotonic() - t0
+        log.info("model=%s cold load %.1fs %.0f MB on %s", spec.name, seconds, size / 1e6, self.device)
+        engine = GenerationEngine(model, tokenizer, device=self.device, max_batch=self.max_batch, name=spec.name)
+        max_pos = getattr(model.config, "max_position_embeddings", None)
+        return LoadedModel(spec.name, model, tokenizer, engine, size, seconds, max_pos)
+
+    def _evict_over_budget(self, keep: str) -> None:
+        total = sum(m.bytes for m in self._models.values())
+        for name in list(self._models):
+            if total <= self.budget_bytes:
+                break
+            m = self._models[name]
+            if name == keep or not m.engine.idle:
+                continue
+            del self._models[name]
+            m.engine.stop()
+            total -= m.bytes
+            log.info("model=%s evicted (LRU, budget %.0f MB)", name, self.budget_bytes / 1e6)
+        gc.collect()
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+    def close(self) -> None:
+        with self._lock:
+            for m in self._models.values():
+                m.engine.stop()
+            self._models.clear()

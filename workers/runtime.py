@@ -1,0 +1,117 @@
+"""What a running worker process holds: identity, hardware, model cache, and its background loops
+(heartbeat into the database, outbox relay, cancel watcher)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+
+from app import Platform
+from app.models import utcnow
+from app.services import jobs, outbox, workers
+from workers.hardware import GIB, Hardware
+from workers.model_cache import ModelCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerRuntime:
+    platform: Platform
+    hardware: Hardware
+    worker_id: str
+    queues: list[str]
+    cache: ModelCache
+    running: dict[str, threading.Event] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    last_task_at: object = None
+
+    @classmethod
+    def create(cls, platform: Platform, hardware: Hardware, queues: list[str]) -> WorkerRuntime:
+        s = platform.settings
+        budget = s.model_cache_bytes
+        if budget is None:
+            total = hardware.memory_total_bytes
+            budget = int(total * 0.9) if hardware.device == "cuda" and total else 8 * GIB
+        cache = ModelCache(model_dir=s.model_dir, device=hardware.device, budget_bytes=budget,
+                           max_batch=s.worker_max_batch)
+        worker_id = f"llmos-{hardware.gpu_type}-{os.getpid()}@{socket.gethostname()}"
+        return cls(platform=platform, hardware=hardware, worker_id=worker_id, queues=queues, cache=cache)
+
+    # ---- running jobs ------------------------------------------------------------------------------------
+
+    def job_started(self, job_id: str) -> threading.Event:
+        ev = threading.Event()
+        with self._lock:
+            self.running[job_id] = ev
+            self.last_task_at = utcnow()
+        return ev
+
+    def job_ended(self, job_id: str) -> None:
+        with self._lock:
+            self.running.pop(job_id, None)
+
+    # ---- background loops --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.heartbeat()
+        s = self.platform.settings
+        for name, interval, fn in (
+            ("heartbeat", s.heartbeat_interval_s, self.heartbeat),
+            ("outbox-relay", s.relay_interval_s, self.relay),
+            ("cancel-watch", 0.25, self.watch_cancels),
+        ):
+            t = threading.Thread(target=self._every, args=(interval, fn), name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            with self.platform.db.session() as session:
+                workers.heartbeat(session=session, worker_id=self.worker_id, stopped_at=utcnow(), running_jobs=0)
+        except Exception:  # noqa: BLE001 - shutting down; the heartbeat going stale says the same
+            log.warning("could not record worker stop")
+        self.cache.close()
+
+    def _every(self, interval: float, fn) -> None:  # noqa: ANN001
+        while not self._stop.wait(interval):
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - a loop must outlive a database or broker blip
+                log.exception("%s failed", threading.current_thread().name)
+
+    def heartbeat(self) -> None:
+        with self._lock:
+            running = len(self.running)
+            last_task = self.last_task_at
+        with self.platform.db.session() as session:
+            workers.heartbeat(
+                session=session, worker_id=self.worker_id, host=socket.gethostname(), pid=os.getpid(),
+                gpu_type=self.hardware.gpu_type, gpu_name=self.hardware.gpu_name, queues=self.queues,
+                models_loaded=self.cache.names(), memory_free_bytes=self.hardware.memory_free_bytes(),
+                memory_total_bytes=self.hardware.memory_total_bytes, running_jobs=running,
+                last_task_at=last_task, stopped_at=None,
+            )
+
+    def relay(self) -> None:
+        outbox.relay(db=self.platform.db, publisher=self.platform.publisher)
+
+    def watch_cancels(self) -> None:
+        with self._lock:
+            ids = list(self.running)
+        if not ids:
+            return
+        with self.platform.db.session() as session:
+            wanted = jobs.cancel_requested(session=session, job_ids=ids)
+        with self._lock:
+            for job_id in wanted:
+                ev = self.running.get(job_id)
+                if ev is not None and not ev.is_set():
+                    log.info("job=%s cancel requested", job_id)
+                    ev.set()
