@@ -129,7 +129,7 @@ def models_list() -> None:
 def _gunicorn_argv(host: str, port: int, workers: int, threads: int) -> list[str]:
     return [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--worker-class", "gthread",
             "--threads", str(threads), "--bind", f"{host}:{port}", "--timeout", "90",
-            "--access-logfile", "-", "app:create_app()"]
+            "--access-logfile", "-", "--no-control-socket", "app:create_app()"]
 
 
 @main.command()

@@ -43,6 +43,13 @@ class JobCreate(_Strict):
             raise ValueError("'any' cannot be combined with other gpu types")
         return v
 
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        if "\x00" in v:
+            raise ValueError("must not contain a NUL character")
+        return v
+
     @field_validator("metadata")
     @classmethod
     def _metadata(cls, v: dict[str, str]) -> dict[str, str]:

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from workers.errors import JobFailure
 
@@ -61,8 +63,6 @@ class GgufLoader:
         gguf = Path(source)
         if not gguf.is_file():
             raise JobFailure("model_not_found", f"model {name!r}: GGUF file {gguf} not found")
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         log.info("converting %s to safetensors in %s (once)", gguf, target)
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -95,9 +95,6 @@ class PackageLoader:
 
 def byte_tokenizer():  # noqa: ANN201
     """A byte-level tokenizer with ChatML specials: any text round-trips, no download, no merges."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     tok = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
@@ -116,8 +113,6 @@ class RandomLoader:
         target = model_dir / _safe(name)
         if (target / "config.json").exists():
             return target
-        from transformers import AutoConfig, AutoModelForCausalLM
-
         tok = byte_tokenizer()
         arch = {k: v for k, v in config.items() if k not in ("architecture", "tokenizer", "seed")}
         cfg = AutoConfig.for_model(

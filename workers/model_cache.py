@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from workers import loaders
 from workers.engines.generation import GenerationEngine
@@ -50,7 +51,7 @@ class ModelCache:
         self.max_batch = max_batch
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
-        self._load_locks: dict[str, threading.Lock] = {}
+        self._load_lock = threading.Lock()  # one cold load at a time: loads race inside transformers
         self.hits = 0
         self.cold_loads = 0
 
@@ -65,8 +66,7 @@ class ModelCache:
                 self._models.move_to_end(spec.name)
                 self.hits += 1
                 return hit
-            load_lock = self._load_locks.setdefault(spec.name, threading.Lock())
-        with load_lock:  # one load per model, concurrent requests wait for it
+        with self._load_lock:  # concurrent requests for a cold model wait for its one load
             with self._lock:
                 if spec.name in self._models:
                     return self._models[spec.name]
@@ -78,8 +78,6 @@ class ModelCache:
             return loaded
 
     def _load(self, spec: ModelSpec) -> LoadedModel:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         t0 = time.monotonic()
         path = loaders.materialise(name=spec.name, source_type=spec.source_type, source=spec.source,
                                    config=spec.config, model_dir=self.model_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from flask_restful import Api
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
@@ -62,6 +62,13 @@ def init_api(app: Flask) -> None:
     api.add_resource(jobs.JobEvents, "/jobs/<string:job_id>/events")
     api.add_resource(models.ModelList, "/models")
     api.add_resource(workers.WorkerList, "/workers")
+
+    @app.before_request
+    def _no_nul() -> None:
+        # PostgreSQL text cannot hold NUL; an id, filter or header carrying one is bad input, not a 500
+        parts = [request.path, *(x for kv in request.args.items(multi=True) for x in kv), *request.headers.values()]
+        if any("\x00" in p for p in parts):
+            raise ApiError("the URL or a header contains a NUL character", code="bad_request", status=400)
 
     @app.errorhandler(Exception)
     def _any(e: Exception):  # noqa: ANN202

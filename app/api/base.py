@@ -48,6 +48,9 @@ class AuthResource(Resource):
             return json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(f"the body is not valid JSON: {exc}", code="invalid_json", status=400) from None
+        except RecursionError:
+            raise ApiError("the JSON body is nested too deeply", code="invalid_json",
+                           status=400) from None
 
     @staticmethod
     def page_args() -> tuple[int, str | None]:

@@ -47,6 +47,8 @@ def paginate(
 ) -> Select:
     if cursor:
         ts, k = decode_cursor(cursor)
+        if type(k) is not key.type.python_type:  # a forged cursor must not reach the database as a 500
+            raise InvalidInput("invalid cursor", field="cursor")
         stmt = stmt.where(or_(created < ts, and_(created == ts, key < k)))
     return stmt.order_by(created.desc(), key.desc()).limit(limit + 1)
 

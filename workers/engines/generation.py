@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers import DynamicCache
 
 from workers.errors import JobFailure
 
@@ -131,8 +132,6 @@ class GenerationEngine:
 
     @torch.inference_mode()
     def _run_batch(self, reqs: list[GenRequest]) -> None:
-        from transformers import DynamicCache
-
         self.batches += 1
         t0 = time.monotonic()
         n = len(reqs)

@@ -1,0 +1,240 @@
+"""Fixtures on real services: the machine's PostgreSQL and Redis, real worker processes.
+
+With LLMOS_REQUIRE_SERVICES=1 (CI sets it) a missing service fails the test instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, select, text
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRE = os.environ.get("LLMOS_REQUIRE_SERVICES") == "1"
+PG_ADMIN = os.environ.get("LLMOS_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("LLMOS_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+MODEL_DIR = Path(os.environ.get("LLMOS_TEST_MODEL_DIR", ROOT / ".llmos" / "test-models"))
+
+
+def unavailable(what: str, exc: BaseException) -> None:
+    msg = f"{what} unavailable: {exc}"
+    if REQUIRE:
+        pytest.fail(msg + " (LLMOS_REQUIRE_SERVICES=1)")
+    pytest.skip(msg)
+
+
+# ---- PostgreSQL ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    try:
+        eng = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        with eng.connect() as c:
+            c.execute(text("SELECT 1"))
+        eng.dispose()
+    except Exception as exc:  # noqa: BLE001
+        unavailable("PostgreSQL", exc)
+    return PG_ADMIN
+
+
+def create_pg_database(admin_url: str) -> str:
+    name = f"llmos_test_{secrets.token_hex(4)}"
+    eng = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with eng.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    eng.dispose()
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_pg_database(admin_url: str, url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    eng = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with eng.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    eng.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_server: str) -> Iterator[str]:
+    """A database made for this test run, migrated to head."""
+    from migrations import upgrade
+
+    url = create_pg_database(pg_server)
+    upgrade(url)
+    yield url
+    drop_pg_database(pg_server, url)
+
+
+TABLES = ("job_events", "outbox", "jobs", "api_keys", "owners", "workers", "models")
+
+
+@pytest.fixture
+def pg(pg_url: str) -> str:
+    """The run's database, emptied and re-seeded for this test."""
+    from app.db import Database
+    from app.services import registry
+
+    db = Database(pg_url)
+    with db.session() as s:
+        s.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+        registry.seed_registry(session=s)
+    db.dispose()
+    return pg_url
+
+
+# ---- Redis ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_url() -> str:
+    import redis
+
+    try:
+        r = redis.Redis.from_url(REDIS_URL)
+        r.ping()
+        r.flushdb()
+        r.close()
+    except Exception as exc:  # noqa: BLE001
+        unavailable("Redis", exc)
+    return REDIS_URL
+
+
+# ---- the app -------------------------------------------------------------------------------------------
+
+
+def base_config(tmp_path: Path, **over: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {"env": "test", "data_dir": tmp_path / "data", "model_dir": MODEL_DIR,
+                           "heartbeat_interval_s": 1.0, "relay_interval_s": 1.0}
+    cfg.update(over)
+    return cfg
+
+
+@pytest.fixture
+def make_app(tmp_path: Path) -> Callable[..., Any]:
+    apps = []
+
+    def _make(**over: Any) -> Any:
+        from app import create_app
+
+        app = create_app(base_config(tmp_path, **over))
+        app.testing = True
+        apps.append(app)
+        return app
+
+    yield _make
+    for app in apps:
+        app.extensions["llmos"].db.dispose()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Any], pg: str, redis_url: str) -> Any:
+    return make_app(database_url=pg, broker_url=redis_url)
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+def make_key(app: Any, owner: str) -> str:
+    from app.services import auth
+
+    with app.extensions["llmos"].db.session() as s:
+        return auth.create_key(session=s, owner_name=owner)
+
+
+@pytest.fixture
+def key(app: Any) -> str:
+    return make_key(app, "alice")
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+# ---- worker processes ----------------------------------------------------------------------------------
+
+
+class WorkerProcess:
+    def __init__(self, proc: subprocess.Popen, log_path: Path, env: dict[str, str]) -> None:
+        self.proc = proc
+        self.log_path = log_path
+        self.env = env
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = 15) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def worker_env(database_url: str, broker_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOS_")}
+    env.update({
+        "LLMOS_ENV": "test", "LLMOS_DATABASE_URL": database_url, "LLMOS_BROKER_URL": broker_url,
+        "LLMOS_DATA_DIR": str(data_dir), "LLMOS_MODEL_DIR": str(MODEL_DIR),
+        "LLMOS_HEARTBEAT_INTERVAL_S": "1", "LLMOS_RELAY_INTERVAL_S": "1", "PYTHONUNBUFFERED": "1",
+        "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+    })
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def _start(database_url: str, broker_url: str, *args: str, ready_timeout: float = 60, **extra: str):
+        from app.db import Database
+        from app.models import Worker
+
+        log_path = tmp_path / f"worker-{len(started)}.log"
+        env = worker_env(database_url, broker_url, tmp_path / "data", **extra)
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", *args], env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, cwd=ROOT)
+        wp = WorkerProcess(proc, log_path, env)
+        started.append(wp)
+        db = Database(database_url)
+        deadline = time.monotonic() + ready_timeout
+        try:
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    pytest.fail(f"worker exited with {proc.returncode}:\n{wp.log()[-3000:]}")
+                with db.session() as s:
+                    if s.scalar(select(Worker.id).where(Worker.pid == proc.pid)):
+                        return wp
+                time.sleep(0.2)
+        finally:
+            db.dispose()
+        pytest.fail(f"worker not ready in {ready_timeout}s:\n{wp.log()[-3000:]}")
+
+    yield _start
+    for wp in started:
+        wp.stop()
+
+
+def wait_status(client: Any, key: str, job_id: str, statuses: tuple[str, ...], timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    body: dict = {}
+    while time.monotonic() < deadline:
+        body = client.get(f"/jobs/{job_id}", headers=auth(key)).get_json()
+        if body["status"] in statuses:
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} still {body.get('status')} after {timeout}s: {body}")
