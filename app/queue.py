@@ -131,3 +131,12 @@ class Publisher:
                 producer=producer,
                 retry=True,
             )
+
+    def queue_depth(self, queue: str) -> int | None:
+        """Messages waiting in a queue (all priority levels), or None when the broker cannot say."""
+        try:
+            with self.celery.connection_for_write() as conn:
+                _name, count, _consumers = make_queue(queue).bind(conn.default_channel).queue_declare(passive=True)
+                return int(count)
+        except Exception:  # noqa: BLE001 - absent queue or broker down: unknown, never "empty"
+            return None

@@ -84,6 +84,7 @@ class GenerateInput(_Strict):
 
 class GenerateParams(_Strict):
     max_new_tokens: int = Field(256, ge=1)
+    min_new_tokens: int = Field(0, ge=0)
     temperature: float = Field(1.0, ge=0.0, le=5.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, le=100_000)
@@ -165,6 +166,8 @@ def validate_job(body: Any, settings: Settings) -> ValidatedJob:
         raise InvalidInput(
             f"params.max_new_tokens: at most {settings.max_new_tokens_limit}", field="params.max_new_tokens"
         )
+    if isinstance(params, GenerateParams) and params.min_new_tokens > params.max_new_tokens:
+        raise InvalidInput("params.min_new_tokens: at most max_new_tokens", field="params.min_new_tokens")
     if env.timeout_s is not None and env.timeout_s > settings.max_timeout_s:
         raise InvalidInput(f"timeout_s: at most {settings.max_timeout_s}", field="timeout_s")
     return ValidatedJob(env, inp.model_dump(exclude_none=True), params.model_dump())

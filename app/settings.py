@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     model_cache_bytes: int | None = Field(None, description="model cache budget; default 90% of GPU memory or 8 GiB")
     heartbeat_interval_s: float = 5.0
     relay_interval_s: float = 5.0
+    reconcile_interval_s: float = 10.0
+    worker_lost_after_s: float = 30.0
+    republish_after_s: float = 120.0
+    shutdown_grace_s: float = 30.0
     device: str | None = Field(None, description="torch device override (cuda, cpu)")
 
     @model_validator(mode="after")

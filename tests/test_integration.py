@@ -3,6 +3,7 @@ broker, `llmos dev`). Nothing here runs a task in-process."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -15,7 +16,7 @@ import pytest
 import redis
 import requests
 
-from tests.conftest import ROOT, auth, make_key, wait_status, worker_env
+from tests.conftest import ROOT, auth, make_key, unavailable, wait_status, worker_env
 
 CAPITAL = {"messages": [{"role": "user", "content": "What is the capital of France?"}]}
 
@@ -91,12 +92,32 @@ def test_routing_by_gpu_type(client, key, pg, redis_url, start_worker):
     assert warning and warning[0]["data"]["code"] == "no_worker_for_gpu"
 
 
-def test_priority_on_redis(client, key, pg, redis_url, start_worker):
+@pytest.fixture(params=["redis", "amqp"])
+def priority_broker(request, redis_url):
+    if request.param == "redis":
+        return redis_url
+    import kombu
+
+    url = os.environ.get("LLMOS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+    try:
+        with kombu.Connection(url, connect_timeout=3) as conn:
+            conn.connect()
+            for q in ("generate.l4", "generate.any"):
+                with contextlib.suppress(Exception):  # not declared yet
+                    conn.default_channel.queue_purge(q)
+    except Exception as exc:  # noqa: BLE001
+        unavailable("RabbitMQ", exc)
+    return url
+
+
+def test_priority(make_app, pg, priority_broker, start_worker):
+    app = make_app(database_url=pg, broker_url=priority_broker)
+    client, key = app.test_client(), make_key(app, "alice")
     low = [client.post("/jobs", json=tiny_job(gpu="l4", priority=0), headers=auth(key)).get_json()["id"]
            for _ in range(3)]
     high = [client.post("/jobs", json=tiny_job(gpu="l4", priority=9), headers=auth(key)).get_json()["id"]
             for _ in range(3)]
-    start_worker(pg, redis_url, "--gpu-type", "l4", "--concurrency", "1")
+    start_worker(pg, priority_broker, "--gpu-type", "l4", "--concurrency", "1")
     done = {j: wait_status(client, key, j, ("succeeded",)) for j in low + high}
     order = sorted(done, key=lambda j: done[j]["started_at"])
     assert set(order[:3]) == set(high), order
@@ -118,7 +139,7 @@ def embedded(tmp_path: Path):
     for k in ("LLMOS_DATABASE_URL", "LLMOS_BROKER_URL"):
         env.pop(k)
     port = _free_port()
-    log = open(tmp_path / "dev.log", "wb")
+    log = open(tmp_path / "dev.log", "wb")  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen([sys.executable, "-m", "app.cli", "dev", "--port", str(port)], env=env, cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"

@@ -51,7 +51,8 @@ def run_generate(ctx: JobContext, rt: WorkerRuntime) -> tuple[dict[str, Any], di
         raise JobFailure("invalid_input", f"prompt ({len(prompt_ids)} tokens) + max_new_tokens "
                          f"({p['max_new_tokens']}) exceeds the model's context of {loaded.max_positions}")
     req = GenRequest(
-        prompt_ids=prompt_ids, max_new_tokens=p["max_new_tokens"], temperature=p["temperature"],
+        prompt_ids=prompt_ids, max_new_tokens=p["max_new_tokens"], min_new_tokens=p.get("min_new_tokens", 0),
+        temperature=p["temperature"],
         top_p=p["top_p"], top_k=p["top_k"], stop=p["stop"], seed=p.get("seed"),
         deadline=ctx.started + ctx.timeout_s, cancel=ctx.cancel,
     )

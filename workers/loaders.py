@@ -6,7 +6,9 @@ the model directory); loading that directory is then the same for every source.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -110,7 +112,8 @@ class RandomLoader:
     """A random-weight model built from a config with a fixed seed: the real loading path at test speed."""
 
     def materialise(self, *, name: str, source: str, config: dict[str, Any], model_dir: Path) -> Path:
-        target = model_dir / _safe(name)
+        digest = hashlib.sha256(json.dumps([source, config], sort_keys=True).encode()).hexdigest()[:10]
+        target = model_dir / f"{_safe(name)}-{digest}"  # a changed config builds a new directory
         if (target / "config.json").exists():
             return target
         tok = byte_tokenizer()

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from app import Platform
 from app.models import utcnow
-from app.services import jobs, outbox, workers
+from app.services import jobs, outbox, reconciler, workers
 from workers.hardware import GIB, Hardware
 from workers.model_cache import ModelCache
 
@@ -65,6 +65,7 @@ class WorkerRuntime:
             ("heartbeat", s.heartbeat_interval_s, self.heartbeat),
             ("outbox-relay", s.relay_interval_s, self.relay),
             ("cancel-watch", 0.25, self.watch_cancels),
+            ("reconciler", s.reconcile_interval_s, self.reconcile),
         ):
             t = threading.Thread(target=self._every, args=(interval, fn), name=name, daemon=True)
             t.start()
@@ -101,6 +102,12 @@ class WorkerRuntime:
 
     def relay(self) -> None:
         outbox.relay(db=self.platform.db, publisher=self.platform.publisher)
+
+    def reconcile(self) -> None:
+        s = self.platform.settings
+        reconciler.recover_lost_jobs(db=self.platform.db, stale_after_s=s.worker_lost_after_s)
+        reconciler.republish_stranded(db=self.platform.db, queue_depth=self.platform.publisher.queue_depth,
+                                      older_than_s=s.republish_after_s)
 
     def watch_cancels(self) -> None:
         with self._lock:

@@ -21,7 +21,7 @@ TINY_LLAMA_CONFIG: dict[str, Any] = {
     "num_hidden_layers": 2,
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
-    "max_position_embeddings": 2048,
+    "max_position_embeddings": 32768,
     "tokenizer": "bytes",
     "seed": 0,
 }

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 class GenRequest:
     prompt_ids: list[int]
     max_new_tokens: int = 256
+    min_new_tokens: int = 0  # end-of-sequence is suppressed until this many tokens
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
@@ -152,7 +153,11 @@ class GenerationEngine:
                             use_cache=True).logits[:, -1, :]
         next_pos = pos[:, -1:] + 1
         while True:
-            tokens = _sample(logits.float(), reqs, gens, done)
+            logits = logits.float()
+            for i, r in enumerate(reqs):
+                if not done[i] and len(out_tokens[i]) < r.min_new_tokens and self.eos_ids:
+                    logits[i, list(self.eos_ids)] = float("-inf")
+            tokens = _sample(logits, reqs, gens, done)
             for i, r in enumerate(reqs):
                 if done[i]:
                     continue
