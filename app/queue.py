@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task
@@ -106,21 +105,18 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
 
 
 class Publisher:
-    """Sends run-job messages; declares each queue once so a message never lands where no queue is bound."""
+    """Sends run-job messages to the queue a job was routed to."""
 
     def __init__(self, celery: Celery, broker_url: str) -> None:
         self.celery = celery
         self.broker_url = broker_url
-        self._declared: set[str] = set()
-        self._lock = threading.Lock()
 
     def publish(self, *, job_id: str, queue: str, priority: int) -> None:
         q = make_queue(queue)
         with self.celery.producer_or_acquire() as producer:
-            if queue not in self._declared:
-                with self._lock:
-                    q.bind(producer.channel).declare()
-                    self._declared.add(queue)
+            # Declared on every publish: a broker restarted without persistence forgets queues and bindings,
+            # and a direct exchange drops a message that no binding matches, silently.
+            q.bind(producer.channel).declare()
             self.celery.send_task(
                 RUN_JOB_TASK,
                 args=[job_id],
@@ -133,10 +129,11 @@ class Publisher:
             )
 
     def queue_depth(self, queue: str) -> int | None:
-        """Messages waiting in a queue (all priority levels), or None when the broker cannot say."""
+        """Messages waiting in a queue (all priority levels), or None when the broker cannot say. Declares the
+        queue: one the broker forgot (restart) holds nothing, and declaring it restores its binding."""
         try:
             with self.celery.connection_for_write() as conn:
-                _name, count, _consumers = make_queue(queue).bind(conn.default_channel).queue_declare(passive=True)
+                _name, count, _consumers = make_queue(queue).bind(conn.default_channel).queue_declare()
                 return int(count)
         except Exception:  # noqa: BLE001 - absent queue or broker down: unknown, never "empty"
             return None

@@ -23,7 +23,7 @@ class JobContext:
 
     id: str
     kind: str
-    model: ModelSpec
+    model: ModelSpec | None
     input: dict[str, Any]
     params: dict[str, Any]
     timeout_s: int
@@ -35,6 +35,7 @@ Handler = Callable[[JobContext, "WorkerRuntime"], tuple[dict[str, Any], dict[str
 
 
 def run_generate(ctx: JobContext, rt: WorkerRuntime) -> tuple[dict[str, Any], dict[str, Any]]:
+    assert ctx.model is not None
     loaded = rt.cache.get(ctx.model)
     tok = loaded.tokenizer
     if "messages" in ctx.input:

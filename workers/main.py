@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from app import create_app
 from app.queue import make_queue, worker_queues
@@ -39,7 +39,11 @@ def run_worker(*, gpu_type: str | None = None, queues: list[str] | None = None,
     def _shutdown(**_: Any) -> None:
         rt.stop()
 
+    def _shutting_down(**_: Any) -> None:
+        rt.begin_shutdown()
+
     worker_ready.connect(_ready, weak=False)
+    worker_shutting_down.connect(_shutting_down, weak=False)
     worker_shutdown.connect(_shutdown, weak=False)
     argv = [
         "worker", "--pool=threads", f"--concurrency={concurrency or settings.worker_concurrency}",

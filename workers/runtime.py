@@ -30,6 +30,7 @@ class WorkerRuntime:
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     last_task_at: object = None
+    _handing_back: set[str] = field(default_factory=set)
 
     @classmethod
     def create(cls, platform: Platform, hardware: Hardware, queues: list[str]) -> WorkerRuntime:
@@ -55,6 +56,30 @@ class WorkerRuntime:
     def job_ended(self, job_id: str) -> None:
         with self._lock:
             self.running.pop(job_id, None)
+            self._handing_back.discard(job_id)
+
+    def handing_back(self, job_id: str) -> bool:
+        with self._lock:
+            return job_id in self._handing_back
+
+    def begin_shutdown(self) -> None:
+        """SIGTERM: running jobs get a grace period to finish; what is still running then goes back to the
+        queue (stopped between steps, handed back by the task), so a deploy never loses or strands a job."""
+        grace = self.platform.settings.shutdown_grace_s
+
+        def _after_grace() -> None:
+            with self._lock:
+                for job_id, ev in self.running.items():
+                    self._handing_back.add(job_id)
+                    ev.set()
+                n = len(self.running)
+            if n:
+                log.warning("shutdown grace of %.0fs over: handing %d running job(s) back", grace, n)
+
+        log.info("stopping: %d running job(s) have %.0fs to finish", len(self.running), grace)
+        t = threading.Timer(grace, _after_grace)
+        t.daemon = True
+        t.start()
 
     # ---- background loops --------------------------------------------------------------------------------
 
@@ -105,7 +130,8 @@ class WorkerRuntime:
 
     def reconcile(self) -> None:
         s = self.platform.settings
-        reconciler.recover_lost_jobs(db=self.platform.db, stale_after_s=s.worker_lost_after_s)
+        reconciler.recover_lost_jobs(db=self.platform.db, stale_after_s=s.worker_lost_after_s,
+                                     alive=frozenset({self.worker_id}))
         reconciler.republish_stranded(db=self.platform.db, queue_depth=self.platform.publisher.queue_depth,
                                       older_than_s=s.republish_after_s)
 

@@ -262,6 +262,30 @@ def fail_job(*, session: Session, job_id: str, attempt: int, code: str, message:
     return done
 
 
+def hand_back(*, session: Session, job_id: str, attempt: int, reason: str) -> bool:
+    """A stopping worker returns a running job to the queue (a user's cancel still wins)."""
+    job = session.get(Job, job_id)
+    if job is None:
+        return False
+    if job.status == JobStatus.cancelling.value:
+        return _finish(session, job_id, attempt, JobStatus.cancelled, error_code="cancelled",
+                       error_message="cancelled while running") and _event(session, job_id, "cancelled")
+    res = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == JobStatus.running.value, Job.attempts == attempt)
+        .values(status=JobStatus.queued.value, worker_id=None, started_at=None)
+    )
+    if res.rowcount != 1:
+        return False
+    add_event(session, job_id, "retry", f"{reason}; handed back for attempt {attempt + 1}", attempt=attempt + 1)
+    session.add(Outbox(job_id=job_id, queue=job.queue, priority=job.priority))
+    return True
+
+
+def _event(session: Session, job_id: str, type_: str) -> bool:
+    add_event(session, job_id, type_, type_)
+    return True
+
+
 def cancel_requested(*, session: Session, job_ids: list[str]) -> set[str]:
     if not job_ids:
         return set()

@@ -44,10 +44,10 @@ def dead_workers(*, db: Database, stale_after_s: float) -> set[str]:
     return {wid for wid, last, stopped in rows if stopped is not None or last < _naive_safe(cutoff, last)}
 
 
-def recover_lost_jobs(*, db: Database, stale_after_s: float) -> Report:
+def recover_lost_jobs(*, db: Database, stale_after_s: float, alive: frozenset[str] = frozenset()) -> Report:
     """Hand back the jobs of workers that stopped heart-beating (or never registered)."""
     report = Report()
-    dead = dead_workers(db=db, stale_after_s=stale_after_s)
+    dead = dead_workers(db=db, stale_after_s=stale_after_s) - alive
     with db.session() as session:
         known = set(session.scalars(select(Worker.id)))
         cutoff = utcnow() - timedelta(seconds=stale_after_s)
@@ -56,7 +56,8 @@ def recover_lost_jobs(*, db: Database, stale_after_s: float) -> Report:
             .where(Job.status.in_(ACTIVE))
         ).all()
     for job_id, worker_id, status, attempts, max_attempts, started_at in candidates:
-        orphan = worker_id not in known and started_at is not None and started_at < _naive_safe(cutoff, started_at)
+        orphan = (worker_id not in known and worker_id not in alive and started_at is not None
+                  and started_at < _naive_safe(cutoff, started_at))
         if worker_id not in dead and not orphan:
             continue
         with db.session() as session:
