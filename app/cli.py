@@ -156,6 +156,35 @@ def worker(gpu_type: str | None, queues: str | None, concurrency: int | None, lo
                loglevel=loglevel)
 
 
+@main.command()
+@click.option("--once", is_flag=True, help="one pass, then exit")
+def reconciler(once: bool) -> None:
+    """Run the reconciler on its own (every worker also runs one): publish what the outbox still holds,
+    hand back the jobs of workers that stopped heart-beating, re-publish queued jobs whose message is gone."""
+    import logging
+
+    from app import create_app
+    from app.services import outbox
+    from app.services import reconciler as rec
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    p = create_app().extensions["llmos"]
+    s = p.settings
+    while True:
+        try:
+            sent = outbox.relay(db=p.db, publisher=p.publisher)
+            report = rec.recover_lost_jobs(db=p.db, stale_after_s=s.worker_lost_after_s)
+            republished = rec.republish_stranded(db=p.db, queue_depth=p.publisher.queue_depth,
+                                                 older_than_s=s.republish_after_s)
+            click.echo(f"relayed={sent} requeued={report.requeued} failed={report.failed} "
+                       f"cancelled={report.cancelled} republished={republished}", err=True)
+        except Exception as exc:  # noqa: BLE001 - a database or broker blip must not end the loop
+            click.echo(f"reconcile pass failed: {exc.__class__.__name__}: {exc}", err=True)
+        if once:
+            return
+        time.sleep(s.reconcile_interval_s)
+
+
 def _http(method: str, url: str, key: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method, headers={

@@ -112,17 +112,14 @@ class Publisher:
         self.broker_url = broker_url
 
     def publish(self, *, job_id: str, queue: str, priority: int) -> None:
-        q = make_queue(queue)
+        # No exchange or routing key given: Celery publishes to the default (nameless) exchange with the queue's
+        # name as the routing key, which needs no binding. A binding-routed publish is dropped silently when a
+        # broker restarted without persistence forgot the binding while kombu still remembers declaring it.
         with self.celery.producer_or_acquire() as producer:
-            # Declared on every publish: a broker restarted without persistence forgets queues and bindings,
-            # and a direct exchange drops a message that no binding matches, silently.
-            q.bind(producer.channel).declare()
             self.celery.send_task(
                 RUN_JOB_TASK,
                 args=[job_id],
-                queue=q,
-                exchange=EXCHANGE,
-                routing_key=queue,
+                queue=make_queue(queue),
                 priority=broker_priority(self.broker_url, priority),
                 producer=producer,
                 retry=True,
@@ -130,7 +127,7 @@ class Publisher:
 
     def queue_depth(self, queue: str) -> int | None:
         """Messages waiting in a queue (all priority levels), or None when the broker cannot say. Declares the
-        queue: one the broker forgot (restart) holds nothing, and declaring it restores its binding."""
+        queue: one the broker forgot (restart) holds nothing."""
         try:
             with self.celery.connection_for_write() as conn:
                 _name, count, _consumers = make_queue(queue).bind(conn.default_channel).queue_declare()
