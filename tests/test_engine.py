@@ -116,3 +116,21 @@ def test_concurrent_threads_like_celery_pool(loaded):
         res = list(pool.map(lambda p: loaded.engine.generate(GenRequest(ids(loaded, p), max_new_tokens=8,
                                                                         temperature=0.0)), PROMPTS))
     assert len(res) == len(PROMPTS) and all(r.completion_tokens <= 8 for r in res)
+
+
+def test_short_request_joins_a_running_batch_and_leaves_first(loaded):
+    eng = loaded.engine
+    short_alone = eng.generate(GenRequest(ids(loaded, "short one"), max_new_tokens=6, min_new_tokens=6,
+                                          temperature=0.0))
+    long_req = GenRequest(ids(loaded, "a much longer prompt that runs for a while"), max_new_tokens=1500,
+                          min_new_tokens=1500, temperature=0.0)
+    long_f = eng.submit(long_req)
+    time.sleep(0.3)  # the long request is decoding alone now
+    assert not long_f.done()
+    short = eng.generate(GenRequest(ids(loaded, "short one"), max_new_tokens=6, min_new_tokens=6, temperature=0.0))
+    assert not long_f.done(), "the short request waited for the long one instead of joining its batch"
+    assert short.text == short_alone.text and short.batch_size == 2
+    long_res = long_f.result(timeout=120)
+    assert long_res.completion_tokens == 1500
+    alone = eng.generate(GenRequest(long_req.prompt_ids, max_new_tokens=1500, min_new_tokens=1500, temperature=0.0))
+    assert long_res.text == alone.text  # joining and leaving did not disturb the long row

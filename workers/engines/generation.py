@@ -1,9 +1,10 @@
 """Text generation that shares forward passes between concurrent jobs.
 
 One engine thread per loaded model owns the model. Celery task threads hand it requests and wait on a
-future; the engine takes everything waiting (up to `max_batch`), runs it as one left-padded batch with a
-KV cache, samples each row with that request's own parameters and generator, and settles each future
-as its row ends (eos, stop string, length, cancel or timeout), checked between decode steps.
+future. The engine keeps one running batch (continuous batching): between decode steps it prefills whatever
+is waiting (up to `max_batch` rows in all) and merges it into the batch's left-padded KV cache; it samples
+each row with that request's own parameters and generator, and settles each future as its row ends (eos,
+stop string, length, cancel or timeout), dropping the row from the batch at once.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from workers.errors import JobFailure
 
@@ -104,83 +106,81 @@ class GenerationEngine:
                 self._thread.start()
 
     def _loop(self) -> None:
+        with torch.inference_mode():  # per thread: every tensor of the batch lives in inference mode
+            self._serve()
+
+    def _serve(self) -> None:
+        """Continuous batching: between decode steps, waiting requests are prefilled and join the running batch;
+        finished rows leave it at once, so a long request never holds short ones back."""
+        batch: _Batch | None = None
         while True:
-            first = self._queue.get()
-            if first is None:
+            room = self.max_batch - len(batch.rows) if batch and batch.mergeable else 0 if batch else self.max_batch
+            new = self._take(room, block=batch is None)
+            if new is None:
+                if batch is not None:
+                    batch.fail_all(JobFailure("internal", "the engine stopped"))
                 return
-            batch = [first]
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)
-                    break
-                batch.append(nxt)
             try:
-                self._run_batch(batch)
+                if new:
+                    batch = self._admit(batch, new)
+                assert batch is not None
+                finished = batch.step(self)
+                if not batch.rows:
+                    batch = None
+                else:
+                    batch.decode(self)
             except BaseException as exc:  # noqa: BLE001 - every waiter must hear about it
                 failure = _as_failure(exc)
-                for r in batch:
+                waiting = {id(r): r for r in [row.req for row in (batch.rows if batch else [])] + (new or [])}
+                finished = [_Row(r, None) for r in waiting.values()]
+                for r in waiting.values():
                     if not r.future.done():
                         r.future.set_exception(failure)
+                batch = None
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
-            finally:
-                with self._lock:
-                    self._busy -= len(batch)
+            with self._lock:
+                self._busy -= len(finished)
 
-    @torch.inference_mode()
-    def _run_batch(self, reqs: list[GenRequest]) -> None:
+    def _take(self, room: int, *, block: bool) -> list[GenRequest] | None:
+        """Waiting requests, at most `room`; None when the engine is told to stop."""
+        taken: list[GenRequest] = []
+        if block:
+            first = self._queue.get()
+            if first is None:
+                return None
+            taken.append(first)
+        while len(taken) < room:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:
+                return None
+            taken.append(nxt)
+        return taken
+
+    def _admit(self, batch: _Batch | None, reqs: list[GenRequest]) -> _Batch:
+        """Prefill the new requests as one left-padded batch, then merge them into the running one."""
         self.batches += 1
-        t0 = time.monotonic()
-        n = len(reqs)
         lens = [len(r.prompt_ids) for r in reqs]
         width = max(lens)
-        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        attn = torch.zeros((n, width), dtype=torch.long)
+        ids = torch.full((len(reqs), width), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((len(reqs), width), dtype=torch.long)
         for i, r in enumerate(reqs):
             ids[i, width - lens[i] :] = torch.tensor(r.prompt_ids, dtype=torch.long)
             attn[i, width - lens[i] :] = 1
         ids, attn = ids.to(self.device), attn.to(self.device)
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        gens = [_generator(r.seed, self.device) for r in reqs]
-        out_tokens: list[list[int]] = [[] for _ in reqs]
-        done = [False] * n
         cache = DynamicCache()
         logits = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
                             use_cache=True).logits[:, -1, :]
-        next_pos = pos[:, -1:] + 1
-        while True:
-            logits = logits.float()
-            for i, r in enumerate(reqs):
-                if not done[i] and len(out_tokens[i]) < r.min_new_tokens and self.eos_ids:
-                    logits[i, list(self.eos_ids)] = float("-inf")
-            tokens = _sample(logits, reqs, gens, done)
-            for i, r in enumerate(reqs):
-                if done[i]:
-                    continue
-                reason = self._step_row(r, out_tokens[i], int(tokens[i]))
-                if reason is None and r.cancel.is_set():
-                    done[i] = True
-                    r.future.set_exception(JobFailure("cancelled", "cancelled while running"))
-                    continue
-                if reason is None and time.monotonic() > r.deadline:
-                    done[i] = True
-                    r.future.set_exception(JobFailure("timeout", "the job ran past its timeout_s"))
-                    continue
-                if reason is not None:
-                    done[i] = True
-                    r.future.set_result(self._result(r, out_tokens[i], reason, t0, n))
-            if all(done):
-                return
-            feed = torch.tensor([[self.pad_id if done[i] else out_tokens[i][-1]] for i in range(n)],
-                                device=self.device)
-            attn = torch.cat([attn, attn.new_ones((n, 1))], dim=1)
-            logits = self.model(input_ids=feed, attention_mask=attn, position_ids=next_pos, past_key_values=cache,
-                                use_cache=True).logits[:, -1, :]
-            next_pos = next_pos + 1
+        rows = [_Row(r, _generator(r.seed, self.device), next_pos=lens[i]) for i, r in enumerate(reqs)]
+        fresh = _Batch(rows, cache, attn, logits)
+        merged = fresh if batch is None else batch.merge(fresh)
+        for row in rows:
+            row.batch_size = len(merged.rows)
+        return merged
 
     def _step_row(self, r: GenRequest, toks: list[int], token: int) -> str | None:
         if token in self.eos_ids:
@@ -197,14 +197,113 @@ class GenerationEngine:
         tail = self.tokenizer.decode(toks[-window:], skip_special_tokens=True)
         return any(s in tail for s in r.stop)
 
-    def _result(self, r: GenRequest, toks: list[int], reason: str, t0: float, batch: int) -> GenResult:
+    def _result(self, row: _Row, reason: str) -> GenResult:
+        r, toks = row.req, row.tokens
         text = self.tokenizer.decode(toks, skip_special_tokens=True)
         if r.stop:
             cut = min((text.find(s) for s in r.stop if s in text), default=-1)
             if cut >= 0:
                 text = text[:cut]
         return GenResult(text=text, finish_reason=reason, prompt_tokens=len(r.prompt_ids),
-                         completion_tokens=len(toks), seconds=time.monotonic() - t0, batch_size=batch)
+                         completion_tokens=len(toks), seconds=time.monotonic() - row.t0, batch_size=row.batch_size)
+
+
+@dataclass
+class _Row:
+    req: GenRequest
+    gen: torch.Generator | None
+    next_pos: int = 0  # position id of this row's next token (its own count, whatever the padding)
+    tokens: list[int] = field(default_factory=list)
+    t0: float = field(default_factory=time.monotonic)
+    batch_size: int = 1
+
+
+class _Batch:
+    """The running batch: rows, their shared left-padded KV cache and attention mask, and the logits of each
+    row's next token. Rows are added (merge) and removed (select) between decode steps."""
+
+    def __init__(self, rows: list[_Row], cache: DynamicCache, attn: torch.Tensor, logits: torch.Tensor) -> None:
+        self.rows, self.cache, self.attn, self.logits = rows, cache, attn, logits
+        self.last: torch.Tensor | None = None
+        # rows can join mid-flight only when every layer is a plain growing cache (not sliding windows)
+        self.mergeable = all(type(layer) is DynamicLayer for layer in cache.layers)
+
+    def merge(self, other: _Batch) -> _Batch:
+        width = max(self.attn.shape[1], other.attn.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            mine.keys = torch.cat([_lpad(mine.keys, width), _lpad(theirs.keys, width)])
+            mine.values = torch.cat([_lpad(mine.values, width), _lpad(theirs.values, width)])
+        self.attn = torch.cat([_lpad(self.attn, width), _lpad(other.attn, width)])
+        self.logits = torch.cat([self.logits, other.logits])
+        self.rows = self.rows + other.rows
+        return self
+
+    def step(self, eng: GenerationEngine) -> list[_Row]:
+        """Sample every row's next token with its own parameters; settle and drop the rows that ended."""
+        logits = self.logits.float()
+        for i, row in enumerate(self.rows):
+            if len(row.tokens) < row.req.min_new_tokens and eng.eos_ids:
+                logits[i, list(eng.eos_ids)] = float("-inf")
+        tokens = _sample(logits, [r.req for r in self.rows], [r.gen for r in self.rows])
+        finished: list[int] = []
+        for i, row in enumerate(self.rows):
+            r = row.req
+            reason = eng._step_row(r, row.tokens, int(tokens[i]))
+            if reason is None and r.cancel.is_set():
+                r.future.set_exception(JobFailure("cancelled", "cancelled while running"))
+            elif reason is None and time.monotonic() > r.deadline:
+                r.future.set_exception(JobFailure("timeout", "the job ran past its timeout_s"))
+            elif reason is not None:
+                r.future.set_result(eng._result(row, reason))
+            else:
+                continue
+            finished.append(i)
+        self.last = tokens
+        done = [self.rows[i] for i in finished]
+        if finished:
+            self._keep([i for i in range(len(self.rows)) if i not in set(finished)])
+        return done
+
+    def _keep(self, keep: list[int]) -> None:
+        self.rows = [self.rows[i] for i in keep]
+        if not keep:
+            return
+        idx = torch.tensor(keep, device=self.attn.device)
+        self.attn = self.attn.index_select(0, idx)
+        self.logits = self.logits.index_select(0, idx)
+        assert self.last is not None
+        self.last = self.last.index_select(0, idx)
+        first = int(self.attn.any(dim=0).nonzero()[0])  # columns that are padding for every row left: drop
+        self.attn = self.attn[:, first:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(0, idx)[:, :, first:, :]
+            layer.values = layer.values.index_select(0, idx)[:, :, first:, :]
+
+    def decode(self, eng: GenerationEngine) -> None:
+        assert self.last is not None
+        n = len(self.rows)
+        self.attn = torch.cat([self.attn, self.attn.new_ones((n, 1))], dim=1)
+        pos = torch.tensor([[r.next_pos] for r in self.rows], device=self.attn.device)
+        for r in self.rows:
+            r.next_pos += 1
+        self.logits = eng.model(input_ids=self.last[:, None], attention_mask=self.attn, position_ids=pos,
+                                past_key_values=self.cache, use_cache=True).logits[:, -1, :]
+
+    def fail_all(self, failure: JobFailure) -> None:
+        for row in self.rows:
+            if not row.req.future.done():
+                row.req.future.set_exception(failure)
+
+
+def _lpad(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Left-pad the time dimension (dim 1 of a mask, dim 2 of keys/values) with zeros up to `width`."""
+    dim = 1 if t.dim() == 2 else 2
+    missing = width - t.shape[dim]
+    if missing == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
 
 
 def _generator(seed: int | None, device: torch.device) -> torch.Generator:
@@ -213,12 +312,11 @@ def _generator(seed: int | None, device: torch.device) -> torch.Generator:
     return g
 
 
-def _sample(logits: torch.Tensor, reqs: list[GenRequest], gens: list[torch.Generator],
-            done: list[bool]) -> torch.Tensor:
+def _sample(logits: torch.Tensor, reqs: list[GenRequest], gens: list[torch.Generator | None]) -> torch.Tensor:
     """Greedy rows by argmax in one op; sampled rows each with their own temperature/top-k/top-p/seed."""
     tokens = logits.argmax(dim=-1)
     for i, r in enumerate(reqs):
-        if done[i] or r.temperature == 0.0:
+        if r.temperature == 0.0:
             continue
         row = logits[i] / r.temperature
         if r.top_k:
