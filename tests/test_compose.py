@@ -1,0 +1,329 @@
+"""docker-compose.yml and the Dockerfile, checked on paper: no Docker engine is needed to run these.
+
+Each check is something `docker compose up` would get wrong at run time: a command the `llmos` CLI does not
+have, a health check that cannot pass in the image, a start order that serves before migrating, a GPU worker
+without a GPU, an image that does not install the package its commands come from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import yaml
+from click.testing import CliRunner
+from sqlalchemy.engine import make_url
+
+from app.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+
+# service -> (the llmos subcommand path, parameters it must be given)
+LLMOS_SERVICES: dict[str, tuple[list[str], dict[str, Any]]] = {
+    "migrate": (["db", "upgrade"], {}),
+    "api": (["api"], {"host": "0.0.0.0", "port": 8000}),
+    "worker-cpu": (["worker"], {"gpu_type": "cpu"}),
+    "worker-gpu": (["worker"], {"gpu_type": "h100"}),
+}
+COMPOSE_ENV = {"POSTGRES_PASSWORD": "s3cret-from-dotenv"}
+
+
+# ---- helpers -------------------------------------------------------------------------------------------
+
+
+_VAR = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
+
+
+def interpolate(value: str, env: Mapping[str, str]) -> str:
+    """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error} (the forms docker-compose.yml uses)."""
+
+    def one(m: re.Match[str]) -> str:
+        name, op, arg = m.group(1), m.group(2), m.group(3)
+        have = env.get(name)
+        missing = have is None or (have == "" and op is not None and op.startswith(":"))
+        if not missing:
+            return have
+        if op is not None and op.endswith("?"):
+            raise ValueError(f"{name}: {arg}")
+        return arg if op is not None else ""
+
+    return _VAR.sub(one, value)
+
+
+def as_argv(command: str | list[str]) -> list[str]:
+    argv = shlex.split(command) if isinstance(command, str) else list(command)
+    return [interpolate(str(a), COMPOSE_ENV) for a in argv]
+
+
+def resolve(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """Parse argv as the `llmos` command would, without running it. Returns (subcommand path, parameters);
+    fails on an unknown subcommand, an unknown option or a bad value."""
+    assert argv and argv[0] == "llmos", f"not an llmos command: {argv}"
+    cmd: click.Command = main
+    parent: click.Context | None = None
+    path: list[str] = []
+    args = argv[1:]
+    while isinstance(cmd, click.Group):
+        ctx = click.Context(cmd, info_name=path[-1] if path else "llmos", parent=parent)
+        name = args[0] if args else ""
+        sub = cmd.get_command(ctx, name)
+        assert sub is not None, (
+            f"{argv}: 'llmos {' '.join(path)}' has no subcommand {name!r}; it has {cmd.list_commands(ctx)}")
+        cmd, parent, path, args = sub, ctx, [*path, name], args[1:]
+    try:
+        ctx = cmd.make_context(path[-1], list(args), parent=parent)
+    except click.ClickException as exc:
+        pytest.fail(f"{argv}: {exc.format_message()}")
+    return path, ctx.params
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: interpolate(str(v), COMPOSE_ENV) for k, v in env.items()}
+
+
+def healthcheck_text(service: dict[str, Any]) -> str:
+    test = (service.get("healthcheck") or {}).get("test")
+    assert test, "no healthcheck"
+    if isinstance(test, str):
+        return test
+    assert test[0] in ("CMD", "CMD-SHELL"), test
+    return " ".join(test[1:])
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for line in DOCKERFILE.read_text().splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        pending += " " + stripped[:-1] if stripped.endswith("\\") else " " + stripped
+        if not stripped.endswith("\\"):
+            instruction, _, rest = pending.strip().partition(" ")
+            out.append((instruction.upper(), rest.strip()))
+            pending = ""
+    return out
+
+
+def dockerfile_args() -> dict[str, str]:
+    return {k: v.strip('"') for k, _, v in (a.partition("=") for i, a in dockerfile_instructions() if i == "ARG")}
+
+
+# ---- compose -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def services() -> dict[str, dict[str, Any]]:
+    return yaml.safe_load(COMPOSE.read_text())["services"]
+
+
+def test_services_exist(services: dict[str, dict[str, Any]]) -> None:
+    missing = {"postgres", "redis", *LLMOS_SERVICES} - set(services)
+    assert not missing, f"docker-compose.yml lacks {sorted(missing)}"
+
+
+@pytest.mark.parametrize("name", LLMOS_SERVICES)
+def test_command_is_a_real_llmos_subcommand(services: dict[str, dict[str, Any]], name: str) -> None:
+    path, params = resolve(as_argv(services[name]["command"]))
+    want_path, want_params = LLMOS_SERVICES[name]
+    assert path == want_path
+    assert {k: params[k] for k in want_params} == want_params
+    result = CliRunner().invoke(main, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+
+
+def test_resolve_refuses_what_llmos_does_not_have() -> None:
+    """The command check above can fail: unknown subcommands and options are caught."""
+    with pytest.raises(AssertionError, match="no subcommand 'serve'"):
+        resolve(["llmos", "serve"])
+    with pytest.raises(AssertionError, match="no subcommand 'migrate'"):
+        resolve(["llmos", "db", "migrate"])
+    with pytest.raises(pytest.fail.Exception, match="--gpu"):
+        resolve(["llmos", "worker", "--gpu", "h100"])
+    with pytest.raises(pytest.fail.Exception, match="eighty"):
+        resolve(["llmos", "api", "--port", "eighty"])
+
+
+@pytest.mark.parametrize("name", LLMOS_SERVICES)
+def test_services_share_one_image_and_production_settings(
+    services: dict[str, dict[str, Any]], name: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    service = services[name]
+    assert service.get("image") == services["api"].get("image"), "one image for api, workers and migrate"
+    build = service.get("build")
+    assert build and (ROOT / build["context"] / build.get("dockerfile", "Dockerfile")).is_file()
+
+    env = environment(service)
+    assert env["LLMOS_ENV"] == "production"
+    assert env["LLMOS_BROKER_URL"] == "redis://redis:6379/0"
+    url = make_url(env["LLMOS_DATABASE_URL"])
+    pg = environment(services["postgres"])
+    assert (url.drivername, url.host, url.port) == ("postgresql", "postgres", 5432)
+    assert (url.username, url.password, url.database) == (
+        pg.get("POSTGRES_USER", "postgres"), pg["POSTGRES_PASSWORD"], pg["POSTGRES_DB"])
+
+    model_dir = env["LLMOS_MODEL_DIR"]
+    volumes = [v if isinstance(v, str) else f"{v['source']}:{v['target']}" for v in service.get("volumes", [])]
+    assert any(v.split(":")[1] == model_dir for v in volumes), f"no volume at LLMOS_MODEL_DIR={model_dir}"
+
+    # The settings the process will load from this environment validate (production refuses SQLite, etc.).
+    from app.settings import load_settings
+
+    for var in [v for v in os.environ if v.startswith("LLMOS_")]:
+        monkeypatch.delenv(var)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    settings = load_settings()
+    assert settings.env == "production" and not settings.is_sqlite
+    assert str(settings.model_dir) == model_dir
+
+
+def test_no_default_database_password(services: dict[str, dict[str, Any]]) -> None:
+    """A production stack with a password everyone knows is an error at start, not a default."""
+    raw = services["postgres"]["environment"]["POSTGRES_PASSWORD"]
+    with pytest.raises(ValueError, match="POSTGRES_PASSWORD"):
+        interpolate(raw, {})
+    with pytest.raises(ValueError, match="POSTGRES_PASSWORD"):
+        interpolate(services["api"]["environment"]["LLMOS_DATABASE_URL"], {})
+
+
+def test_health_checks(services: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    assert "pg_isready" in healthcheck_text(services["postgres"])
+    assert re.search(r"redis-cli\b.*\bping\b", healthcheck_text(services["redis"]))
+
+    api_check = healthcheck_text(services["api"])
+    assert not re.search(r"\b(curl|wget)\b", api_check), "python:3.11-slim has neither curl nor wget"
+    m = re.search(r"https?://(127\.0\.0\.1|localhost):(\d+)(/\w+)", api_check)
+    assert m, f"the api health check does not call the API: {api_check}"
+    _, params = resolve(as_argv(services["api"]["command"]))
+    assert int(m.group(2)) == params["port"]
+
+    from app import create_app
+
+    app = create_app({"env": "test", "data_dir": tmp_path})
+    try:
+        assert m.group(3) in {rule.rule for rule in app.url_map.iter_rules()}
+    finally:
+        app.extensions["llmos"].db.dispose()
+
+    published = [str(p) for p in services["api"].get("ports", [])]
+    assert any(interpolate(p, COMPOSE_ENV).rsplit(":", 1)[-1] == str(params["port"]) for p in published)
+
+
+def test_redis_keeps_every_message(services: dict[str, dict[str, Any]]) -> None:
+    argv = as_argv(services["redis"]["command"])
+    pairs = set(zip(argv, argv[1:], strict=False))
+    assert ("--maxmemory-policy", "noeviction") in pairs
+    assert ("--appendonly", "yes") in pairs
+
+
+def test_start_order(services: dict[str, dict[str, Any]]) -> None:
+    def conditions(name: str) -> dict[str, str]:
+        deps = services[name].get("depends_on") or {}
+        assert isinstance(deps, dict), f"{name}: depends_on needs conditions, not a bare list"
+        return {dep: spec.get("condition", "service_started") for dep, spec in deps.items()}
+
+    assert conditions("migrate").get("postgres") == "service_healthy"
+    assert services["migrate"].get("restart", "no") in ("no", "on-failure"), "a one-shot must not restart"
+    for name in ("api", "worker-cpu", "worker-gpu"):
+        got = conditions(name)
+        assert got.get("migrate") == "service_completed_successfully", name
+        assert got.get("redis") == "service_healthy", name
+
+    for name in services:
+        for dep, condition in conditions(name).items():
+            assert dep in services, f"{name} depends on unknown service {dep}"
+            if condition == "service_healthy":
+                assert services[dep].get("healthcheck"), f"{name} waits for {dep} to be healthy; it has no check"
+
+
+def test_gpu_worker_reserves_an_nvidia_gpu(services: dict[str, dict[str, Any]]) -> None:
+    def devices(name: str) -> list[dict[str, Any]]:
+        deploy = services[name].get("deploy") or {}
+        return ((deploy.get("resources") or {}).get("reservations") or {}).get("devices") or []
+
+    gpus = [d for d in devices("worker-gpu") if d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", [])]
+    assert gpus, "worker-gpu has no NVIDIA device reservation"
+    assert gpus[0].get("count") or gpus[0].get("device_ids")
+    assert devices("worker-cpu") == []
+
+
+# ---- Dockerfile ----------------------------------------------------------------------------------------
+
+
+def test_dockerfile_base_image() -> None:
+    instructions = dockerfile_instructions()
+    first_from = next(rest for i, rest in instructions if i == "FROM")
+    image = re.sub(r"\$\{(\w+)\}", lambda m: dockerfile_args()[m.group(1)], first_from.split()[0])
+    assert image == "python:3.11-slim"
+
+
+def test_dockerfile_installs_the_project() -> None:
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    instructions = dockerfile_instructions()
+
+    copied: list[tuple[int, str]] = []
+    for n, (instruction, rest) in enumerate(instructions):
+        if instruction in ("COPY", "ADD") and "--from" not in rest:
+            copied += [(n, src) for src in shlex.split(rest)[:-1] if not src.startswith("--")]
+    for _, src in copied:
+        assert (ROOT / src).exists(), f"the Dockerfile copies {src}, which is not in the repository"
+    ignored = set()
+    if (ROOT / ".dockerignore").exists():
+        ignored = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    assert not ignored & {src for _, src in copied}, ".dockerignore drops a path the Dockerfile copies"
+
+    packages = [p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]]
+    copied_at = {src.rstrip("/"): n for n, src in copied}
+    missing = [p for p in packages if p not in copied_at]
+    assert not missing, f"the image does not copy {missing}"
+
+    installs = [n for n, (i, rest) in enumerate(instructions)
+                if i == "RUN" and re.search(r"pip install [^;&|]*?\s\"?\.(\[[^\]]*\])?\"?(\s|;|$)", rest)]
+    assert installs and max(installs) > max(copied_at[p] for p in packages), (
+        "no `pip install .` after the code is copied")
+
+    extras = pyproject["project"]["optional-dependencies"]
+    extra = dockerfile_args()["EXTRAS"]
+    assert extra in extras
+    assert re.search(r"pip install [^;&|]*\.\[\$\{?EXTRAS\}?\]", " ".join(r for i, r in instructions if i == "RUN"))
+
+
+def test_image_extra_has_what_workers_import(services: dict[str, dict[str, Any]]) -> None:
+    """Workers run from the compose image, so the extra it is built with must bring torch."""
+    tomllib = pytest.importorskip("tomllib")
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+    def requirements(extra: str) -> set[str]:
+        out: set[str] = set()
+        for req in extras[extra]:
+            m = re.fullmatch(r"llmos\[([\w,]+)\]", req)
+            out |= set().union(*(requirements(e) for e in m.group(1).split(","))) if m else {req}
+        return out
+
+    extra = (services["worker-cpu"]["build"].get("args") or {}).get("EXTRAS", dockerfile_args()["EXTRAS"])
+    names = {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0] for r in requirements(extra)}
+    assert {"torch", "transformers", "celery", "psycopg"} <= names, names
+
+
+def test_dockerfile_default_command_and_user() -> None:
+    instructions = dockerfile_instructions()
+    cmd = [rest for i, rest in instructions if i == "CMD"][-1]
+    path, _ = resolve(json.loads(cmd))
+    assert path == ["api"]
+    users = [rest for i, rest in instructions if i == "USER"]
+    assert users and users[-1] not in ("root", "0"), "the image should not run as root"
