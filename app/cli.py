@@ -164,7 +164,7 @@ def reconciler(once: bool) -> None:
     import logging
 
     from app import create_app
-    from app.services import outbox
+    from app.services import batches, outbox
     from app.services import reconciler as rec
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -176,6 +176,8 @@ def reconciler(once: bool) -> None:
             report = rec.recover_lost_jobs(db=p.db, stale_after_s=s.worker_lost_after_s)
             republished = rec.republish_stranded(db=p.db, queue_depth=p.publisher.queue_depth,
                                                  older_than_s=s.republish_after_s)
+            batches.relay(db=p.db, publisher=p.publisher)
+            batches.reconcile(db=p.db, settings=s, queue_depth=p.publisher.queue_depth)
             click.echo(f"relayed={sent} requeued={report.requeued} failed={report.failed} "
                        f"cancelled={report.cancelled} republished={republished}", err=True)
         except Exception as exc:  # noqa: BLE001 - a database or broker blip must not end the loop
@@ -261,6 +263,167 @@ def _demo(base: str) -> None:
     while job["status"] not in ("succeeded", "failed", "cancelled"):
         job = _http("GET", f"{base}/jobs/{job['id']}?wait=60", key)
     click.echo(json.dumps({k: job[k] for k in ("id", "status", "output", "usage", "error")}, indent=2))
+
+
+# ---- batches (over HTTP) ------------------------------------------------------------------------------
+
+SUMMARIZE = "Summarize:\n{text}\nSummary:"
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def _api_error(exc: urllib.error.HTTPError) -> click.ClickException:
+    try:
+        err = json.loads(exc.read())["error"]
+        return click.ClickException(f"{exc.code} {err.get('code')}: {err.get('message')}")
+    except (ValueError, KeyError):
+        return click.ClickException(f"HTTP {exc.code}")
+
+
+def _upload(base: str, key: str, path: str, purpose: str) -> dict[str, Any]:
+    """multipart/form-data, the file streamed from disk in pieces."""
+    import secrets
+    from pathlib import Path
+
+    boundary = "llmos-" + secrets.token_hex(12)
+    name = Path(path).name.replace('"', "")
+    pre = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n"
+           f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+           "Content-Type: application/octet-stream\r\n\r\n").encode()
+    post = f"\r\n--{boundary}--\r\n".encode()
+    size = len(pre) + os.path.getsize(path) + len(post)
+
+    def body():  # noqa: ANN202
+        yield pre
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1024 * 1024):
+                yield chunk
+        yield post
+
+    req = urllib.request.Request(f"{base}/files", data=body(), method="POST", headers={
+        "Authorization": f"Bearer {key}", "Content-Type": f"multipart/form-data; boundary={boundary}",
+        "Content-Length": str(size)})
+    with urllib.request.urlopen(req, timeout=600) as resp:
+        return json.loads(resp.read())
+
+
+def _download(base: str, key: str, file_id: str, dest: str) -> None:
+    req = urllib.request.Request(f"{base}/files/{file_id}/content", headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(req, timeout=600) as resp, open(dest, "wb") as out:
+        while chunk := resp.read(1024 * 1024):
+            out.write(chunk)
+
+
+def _task(task: str, template: str | None, labels: str | None, fields: str | None) -> dict[str, Any]:
+    def split(v: str | None, opt: str) -> list[str]:
+        items = [x.strip() for x in (v or "").split(",") if x.strip()]
+        if not items:
+            raise click.UsageError(f"--task {task} needs {opt} (comma-separated)")
+        return items
+
+    if task == "summarize":
+        return {"type": "generate", "template": template or SUMMARIZE}
+    if task == "generate":
+        return {"type": "generate", "template": template or "{text}"}
+    if task == "classify":
+        return {"type": "classify", "labels": split(labels, "--labels")}
+    if task == "extract":
+        return {"type": "extract", "fields": split(fields, "--fields")}
+    return {"type": "embed"}
+
+
+def _conn(url: str | None, key: str | None) -> tuple[str, str]:
+    if not key:
+        raise click.UsageError("give --key or set LLMOS_API_KEY")
+    return (url or "http://127.0.0.1:8000").rstrip("/"), key
+
+
+@main.group()
+def batch() -> None:
+    """Batches of documents, over the HTTP API (--url/--key or LLMOS_URL/LLMOS_API_KEY)."""
+
+
+_url_opt = click.option("--url", envvar="LLMOS_URL", default=None, help="API base URL (default http://127.0.0.1:8000)")
+_key_opt = click.option("--key", envvar="LLMOS_API_KEY", default=None, help="API key")
+
+
+@batch.command("submit")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--task", "task_name", required=True,
+              type=click.Choice(["summarize", "generate", "classify", "extract", "embed"]))
+@click.option("--model", default=None, help="registry name (default smollm2-135m-instruct; all-minilm-l6-v2 for embed)")
+@click.option("--template", default=None, help="generate/summarize: prompt template with {text} and document fields")
+@click.option("--labels", default=None, help="classify: comma-separated labels")
+@click.option("--fields", default=None, help="extract: comma-separated field names")
+@click.option("--max-new-tokens", type=int, default=None)
+@click.option("--temperature", type=float, default=None)
+@click.option("--gpu", default=None)
+@click.option("--priority", type=int, default=None)
+@click.option("--chunk-size", type=int, default=None)
+@click.option("--wait", is_flag=True, help="show progress until the batch ends, then write the output file")
+@click.option("--output", "output_path", default=None, help="output path for --wait (default <id>_output.jsonl)")
+@_url_opt
+@_key_opt
+def batch_submit(path: str, task_name: str, model: str | None, template: str | None, labels: str | None,
+                 fields: str | None, max_new_tokens: int | None, temperature: float | None, gpu: str | None,
+                 priority: int | None, chunk_size: int | None, wait: bool, output_path: str | None,
+                 url: str | None, key: str | None) -> None:
+    """Upload PATH (JSONL lines {"custom_id", "text"}) and submit it as a batch; prints the batch id."""
+    base, key = _conn(url, key)
+    body: dict[str, Any] = {"task": _task(task_name, template, labels, fields),
+                            "model": model or ("all-minilm-l6-v2" if task_name == "embed" else "smollm2-135m-instruct")}
+    params = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("temperature", temperature)) if v is not None}
+    if params:
+        body["params"] = params
+    for k, v in (("gpu", gpu), ("priority", priority), ("chunk_size", chunk_size)):
+        if v is not None:
+            body[k] = v
+    try:
+        f = _upload(base, key, path, "batch")
+        body["input_file_id"] = f["id"]
+        b = _http("POST", f"{base}/batches", key, body)
+    except urllib.error.HTTPError as exc:
+        raise _api_error(exc) from None
+    click.echo(b["id"])
+    if not wait:
+        return
+    total = b["request_counts"]["total"]
+    shown = 0
+    with click.progressbar(length=total, label=f"{b['id']}", file=sys.stderr, show_pos=True) as bar:
+        while b["status"] not in FINAL:
+            time.sleep(0.5)
+            b = _http("GET", f"{base}/batches/{b['id']}", key)
+            done = b["progress"]["done"]
+            bar.update(done - shown)
+            shown = done
+    counts = b["request_counts"]
+    click.echo(f"{b['status']}: {counts['completed']} completed, {counts['failed']} failed of {counts['total']}",
+               err=True)
+    if b.get("output_file_id"):
+        dest = output_path or f"{b['id']}_output.jsonl"
+        _download(base, key, b["output_file_id"], dest)
+        click.echo(f"output written to {dest}", err=True)
+    if b.get("error_file_id"):
+        dest = (output_path or f"{b['id']}_output.jsonl").removesuffix(".jsonl") + "_errors.jsonl"
+        _download(base, key, b["error_file_id"], dest)
+        click.echo(f"errors written to {dest}", err=True)
+    if b["status"] != "succeeded":
+        sys.exit(1)
+
+
+@batch.command("status")
+@click.argument("batch_id")
+@_url_opt
+@_key_opt
+def batch_status(batch_id: str, url: str | None, key: str | None) -> None:
+    """Print a batch's status, counts and files as JSON."""
+    base, key = _conn(url, key)
+    try:
+        b = _http("GET", f"{base}/batches/{batch_id}", key)
+    except urllib.error.HTTPError as exc:
+        raise _api_error(exc) from None
+    keys = ("id", "status", "model", "task", "request_counts", "progress", "output_file_id", "error_file_id", "error",
+            "created_at", "finished_at")
+    click.echo(json.dumps({k: b.get(k) for k in keys}, indent=2))
 
 
 if __name__ == "__main__":

@@ -9,13 +9,18 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from app.errors import InvalidInput, TooLarge
-from app.models import Job, JobEvent, ModelEntry, Worker
+from app.models import Job, JobEvent, ModelEntry, WebhookAttempt, WebhookDelivery, Worker
 from app.queue import ANY, GPU_TYPES
+from app.services.webhook_http import UnsafeUrl, check_url
 from app.settings import Settings
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False)
+
+
+WebhookEvent = Literal["started", "progress", "completed"]
+DEFAULT_WEBHOOK_EVENTS = ("completed",)
 
 
 class JobCreate(_Strict):
@@ -27,6 +32,13 @@ class JobCreate(_Strict):
     priority: int = Field(5, ge=0, le=9)
     timeout_s: int | None = Field(None, ge=1)
     metadata: dict[str, str] = Field(default_factory=dict)
+    webhook: str | None = Field(None, min_length=1, max_length=2048)
+    webhook_events: list[WebhookEvent] | None = Field(None, min_length=1)
+
+    @field_validator("webhook_events")
+    @classmethod
+    def _webhook_events(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else list(dict.fromkeys(v))
 
     @field_validator("gpu")
     @classmethod
@@ -59,6 +71,25 @@ class JobCreate(_Strict):
             if len(key) > 64 or len(value) > 512:
                 raise ValueError("metadata keys are at most 64 characters, values at most 512")
         return v
+
+
+class WebhookDefault(_Strict):
+    """PUT /webhooks/default: the URL and filter for jobs that name no webhook; url null turns it off."""
+
+    url: str | None = Field(None, min_length=1, max_length=2048)
+    events: list[WebhookEvent] = Field(default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS), min_length=1)
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))
+
+
+def check_webhook_url(url: str, settings: Settings, field: str) -> None:
+    try:
+        check_url(url, allow_private=settings.webhook_allow_private)
+    except UnsafeUrl as exc:
+        raise InvalidInput(f"{field}: {exc}", field=field) from None
 
 
 class Message(_Strict):
@@ -101,6 +132,14 @@ class GenerateParams(_Strict):
         return v
 
 
+class EmbedInput(_Strict):
+    text: str = Field(min_length=1)
+
+
+class EmbedParams(_Strict):
+    normalize: bool = True
+
+
 @dataclass(frozen=True)
 class KindSpec:
     input: type[BaseModel]
@@ -110,6 +149,7 @@ class KindSpec:
 
 KINDS: dict[str, KindSpec] = {
     "generate": KindSpec(GenerateInput, GenerateParams, "causal-lm"),
+    "embed": KindSpec(EmbedInput, EmbedParams, "embedding"),
 }
 
 
@@ -162,6 +202,9 @@ def validate_job(body: Any, settings: Settings) -> ValidatedJob:
             field="input.messages" if inp.messages else "input.prompt",
             code="prompt_too_large",
         )
+    if isinstance(inp, EmbedInput) and len(inp.text) > settings.max_prompt_chars:
+        raise TooLarge(f"the text is {len(inp.text)} characters; the limit is {settings.max_prompt_chars}",
+                       field="input.text", code="prompt_too_large")
     if isinstance(params, GenerateParams) and params.max_new_tokens > settings.max_new_tokens_limit:
         raise InvalidInput(
             f"params.max_new_tokens: at most {settings.max_new_tokens_limit}", field="params.max_new_tokens"
@@ -170,6 +213,10 @@ def validate_job(body: Any, settings: Settings) -> ValidatedJob:
         raise InvalidInput("params.min_new_tokens: at most max_new_tokens", field="params.min_new_tokens")
     if env.timeout_s is not None and env.timeout_s > settings.max_timeout_s:
         raise InvalidInput(f"timeout_s: at most {settings.max_timeout_s}", field="timeout_s")
+    if env.webhook is not None:
+        check_webhook_url(env.webhook, settings, "webhook")
+    elif env.webhook_events is not None:
+        raise InvalidInput("webhook_events: give webhook too", field="webhook_events")
     return ValidatedJob(env, inp.model_dump(exclude_none=True), params.model_dump())
 
 
@@ -210,6 +257,8 @@ def job_public(job: Job, base_url: str = "") -> dict[str, Any]:
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
         "cancel_requested_at": iso(job.cancel_requested_at),
+        "webhook": job.webhook,
+        "webhook_events": job.webhook_events,
         "urls": {"get": url, "cancel": f"{url}/cancel", "events": f"{url}/events"},
     }
 
@@ -223,6 +272,30 @@ def event_public(ev: JobEvent) -> dict[str, Any]:
         "created_at": iso(ev.created_at),
         "message": ev.message,
         "data": ev.data or {},
+    }
+
+
+def delivery_public(d: WebhookDelivery, attempts: list[WebhookAttempt]) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "object": "webhook_delivery",
+        "job_id": d.job_id,
+        "type": d.event_type,
+        "url": d.url,
+        "webhook_id": d.webhook_id,
+        "status": d.status,
+        "attempts": d.attempts,
+        "next_attempt_at": iso(d.next_attempt_at) if d.status == "pending" else None,
+        "last_status_code": d.last_status_code,
+        "last_error": d.last_error,
+        "created_at": iso(d.created_at),
+        "delivered_at": iso(d.delivered_at),
+        "payload": d.payload,
+        "attempt_log": [
+            {"created_at": iso(a.created_at), "status_code": a.status_code, "latency_ms": a.latency_ms,
+             "error": a.error}
+            for a in attempts
+        ],
     }
 
 

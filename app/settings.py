@@ -27,6 +27,14 @@ class Settings(BaseSettings):
     max_timeout_s: int = 24 * 3600
     public_url: str = ""
 
+    # Files and batches
+    files_dir: Path | None = Field(None, description="uploaded and batch result files; default data_dir/files")
+    max_file_bytes: int = Field(512 * 1024 * 1024, description="largest upload to POST /files (413 above)")
+    max_batch_request_bytes: int = Field(64 * 1024 * 1024, description="largest POST /batches body (inline documents)")
+    max_batch_documents: int = Field(200_000, description="documents one batch may hold")
+    batch_chunk_size: int = Field(64, ge=1, description="documents per worker message")
+    batch_chunk_timeout_s: float = Field(3600.0, description="a running chunk older than this is handed out again")
+
     # Broker
     visibility_timeout_s: int = 24 * 3600 + 600
     publish_timeout_s: float = 2.0
@@ -45,20 +53,44 @@ class Settings(BaseSettings):
     outcome_write_retry_s: float = 600.0
     device: str | None = Field(None, description="torch device override (cuda, cpu)")
 
+    # Webhooks
+    webhook_allow_private: bool = Field(False, description="allow webhook URLs on private/loopback addresses")
+    webhook_retry_schedule_s: str = Field(
+        "5,30,120,600,1800,3600,10800,21600,43200,43200",
+        description="seconds before each retry (jitter added); the delivery fails when the list is used up")
+    webhook_timeout_s: float = 10.0
+    webhook_sweep_interval_s: float = 1.0
+    webhook_concurrency: int = Field(8, ge=1, description="deliveries a worker sends at once")
+
     @model_validator(mode="after")
     def _defaults(self) -> Settings:
         self.data_dir = self.data_dir.expanduser().resolve()
         if self.model_dir is None:
             self.model_dir = self.data_dir / "models"
+        if self.files_dir is None:
+            self.files_dir = self.data_dir / "files"
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'llmos.db'}"
         if not self.broker_url:
             self.broker_url = "filesystem://"
         if self.env not in ("development", "production", "test"):
             raise ValueError("LLMOS_ENV must be development, production or test")
+        if self.visibility_timeout_s <= self.max_timeout_s:
+            # a late-ack message still unacked after the visibility timeout is delivered again (DESIGN.md)
+            raise ValueError("LLMOS_VISIBILITY_TIMEOUT_S must be longer than LLMOS_MAX_TIMEOUT_S")
         if self.env == "production" and self.database_url.startswith("sqlite"):
             raise ValueError("LLMOS_ENV=production needs LLMOS_DATABASE_URL (PostgreSQL)")
+        try:
+            schedule = self.webhook_retry_schedule
+        except ValueError:
+            raise ValueError("LLMOS_WEBHOOK_RETRY_SCHEDULE_S must be comma-separated seconds") from None
+        if not schedule or any(d < 0 for d in schedule):
+            raise ValueError("LLMOS_WEBHOOK_RETRY_SCHEDULE_S needs at least one non-negative delay")
         return self
+
+    @property
+    def webhook_retry_schedule(self) -> list[float]:
+        return [float(x) for x in self.webhook_retry_schedule_s.split(",")]
 
     @property
     def broker_dir(self) -> Path:

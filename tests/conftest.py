@@ -75,7 +75,8 @@ def pg_url(pg_server: str) -> Iterator[str]:
     drop_pg_database(pg_server, url)
 
 
-TABLES = ("job_events", "outbox", "jobs", "api_keys", "owners", "workers", "models")
+TABLES = ("webhook_attempts", "webhook_deliveries", "webhook_settings", "job_events", "outbox", "jobs", "api_keys",
+          "owners", "workers", "models", "batch_items", "batch_chunks", "batches", "files")
 
 
 @pytest.fixture

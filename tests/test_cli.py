@@ -164,4 +164,4 @@ def test_db_upgrade_on_a_fresh_sqlite_file_creates_and_seeds(tmp_path):
     listed = llmos(url, "models", "list", data_dir=tmp_path)
     assert listed.returncode == 0
     assert {line.split("\t")[0] for line in listed.stdout.splitlines()} == {
-        "smollm2-135m-instruct", "tiny-random-llama"}
+        "smollm2-135m-instruct", "tiny-random-llama", "all-minilm-l6-v2"}

@@ -18,7 +18,8 @@ from app.models import Base
 from migrations import alembic_config, upgrade
 from tests.conftest import create_pg_database, drop_pg_database
 
-TABLES = {"owners", "api_keys", "jobs", "job_events", "outbox", "models", "workers"}
+TABLES = {"owners", "api_keys", "jobs", "job_events", "outbox", "models", "workers", "webhook_settings",
+          "webhook_deliveries", "webhook_attempts", "files", "batches", "batch_chunks", "batch_items"}
 
 
 def heads() -> tuple[str, ...]:

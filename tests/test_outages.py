@@ -85,7 +85,7 @@ def test_sigterm_lets_short_jobs_finish_and_hands_long_ones_back(make_app, pg, o
     client, key = app.test_client(), make_key(app, "alice")
 
     def worker_with(job_body):
-        w = start_worker(pg, own_redis.url, "--gpu-type", "cpu", "--concurrency", "4", LLMOS_SHUTDOWN_GRACE_S="2",
+        w = start_worker(pg, own_redis.url, "--gpu-type", "cpu", "--concurrency", "4", LLMOS_SHUTDOWN_GRACE_S="3",
                          **FAST)
         warm = client.post("/jobs", json=short_job(), headers=auth(key)).get_json()
         wait_status(client, key, warm["id"], ("succeeded",))
@@ -99,7 +99,7 @@ def test_sigterm_lets_short_jobs_finish_and_hands_long_ones_back(make_app, pg, o
         return client.get(f"/jobs/{job['id']}", headers=auth(key)).get_json()
 
     # a job that ends within the grace period finishes on the stopping worker
-    medium = worker_with(long_job(300))
+    medium = worker_with(long_job(100))
     assert medium["status"] == "succeeded" and medium["attempts"] == 1
     # one that would not is stopped between steps and handed back to the queue, then runs elsewhere
     long = worker_with(long_job(4000))

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from workers.engines.embedding import EmbeddingEngine
 from workers.engines.generation import GenRequest
 from workers.errors import JobFailure
 from workers.model_cache import ModelSpec
@@ -71,4 +72,15 @@ def run_generate(ctx: JobContext, rt: WorkerRuntime) -> tuple[dict[str, Any], di
     return {"text": res.text, "finish_reason": res.finish_reason}, usage
 
 
-HANDLERS: dict[str, Handler] = {"generate": run_generate}
+def run_embed(ctx: JobContext, rt: WorkerRuntime) -> tuple[dict[str, Any], dict[str, Any]]:
+    assert ctx.model is not None
+    engine = rt.cache.get(ctx.model).engine
+    if not isinstance(engine, EmbeddingEngine):
+        raise JobFailure("invalid_input", f"model {ctx.model.name!r} is not an embedding model")
+    vectors, tokens = engine.embed([ctx.input["text"]], normalize=ctx.params.get("normalize", True))
+    usage = {"prompt_tokens": tokens[0], "total_tokens": tokens[0],
+             "seconds": round(time.monotonic() - ctx.started, 4)}
+    return {"embedding": vectors[0]}, usage
+
+
+HANDLERS: dict[str, Handler] = {"generate": run_generate, "embed": run_embed}

@@ -13,7 +13,7 @@ from workers import hardware
 
 log = logging.getLogger("llmos.worker")
 
-KINDS_SERVED = ["generate"]
+KINDS_SERVED = ["generate", "embed", "batch"]
 
 
 def run_worker(*, gpu_type: str | None = None, queues: list[str] | None = None,
@@ -24,6 +24,7 @@ def run_worker(*, gpu_type: str | None = None, queues: list[str] | None = None,
     hw = hardware.detect(gpu_type or settings.gpu_type, settings.device)
     queues = queues or worker_queues(KINDS_SERVED, hw.gpu_type)
 
+    import workers.batch  # noqa: F401 - registers the batch chunk task
     import workers.tasks  # noqa: F401 - registers the tasks
     from workers.runtime import WorkerRuntime
 

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from workers import loaders
+from workers.engines.embedding import EmbeddingEngine
 from workers.engines.generation import GenerationEngine
 from workers.errors import JobFailure
 
@@ -37,7 +38,7 @@ class LoadedModel:
     name: str
     model: Any
     tokenizer: Any
-    engine: GenerationEngine
+    engine: GenerationEngine | EmbeddingEngine
     bytes: int
     load_seconds: float
     max_positions: int | None
@@ -82,9 +83,10 @@ class ModelCache:
         path = loaders.materialise(name=spec.name, source_type=spec.source_type, source=spec.source,
                                    config=spec.config, model_dir=self.model_dir)
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        auto = AutoModel if spec.kind == "embedding" else AutoModelForCausalLM
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+            model = auto.from_pretrained(path, dtype=dtype).to(self.device).eval()
         except torch.cuda.OutOfMemoryError:
             raise JobFailure("out_of_memory", f"model {spec.name!r} does not fit in GPU memory") from None
         except OSError as exc:
@@ -95,8 +97,14 @@ class ModelCache:
         size += sum(b.numel() * b.element_size() for b in model.buffers())
         seconds = time.monotonic() - t0
         log.info("model=%s cold load %.1fs %.0f MB on %s", spec.name, seconds, size / 1e6, self.device)
-        engine = GenerationEngine(model, tokenizer, device=self.device, max_batch=self.max_batch, name=spec.name)
         max_pos = getattr(model.config, "max_position_embeddings", None)
+        engine: GenerationEngine | EmbeddingEngine
+        if spec.kind == "embedding":
+            engine = EmbeddingEngine(model, tokenizer, device=self.device, max_batch=self.max_batch,
+                                     max_length=min(max_pos or 512, 512), name=spec.name)
+        else:
+            engine = GenerationEngine(model, tokenizer, device=self.device, max_batch=self.max_batch,
+                                      name=spec.name)
         return LoadedModel(spec.name, model, tokenizer, engine, size, seconds, max_pos)
 
     def _evict_over_budget(self, keep: str) -> None:

@@ -1,5 +1,5 @@
 """What a running worker process holds: identity, hardware, model cache, and its background loops
-(heartbeat into the database, outbox relay, cancel watcher)."""
+(heartbeat into the database, outbox relay, cancel watcher, reconciler, webhook sender)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import logging
 import os
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from app import Platform
 from app.models import utcnow
-from app.services import jobs, outbox, reconciler, workers
+from app.services import batches, jobs, outbox, reconciler, webhooks, workers
 from workers.hardware import GIB, Hardware
 from workers.model_cache import ModelCache
 
@@ -31,6 +32,7 @@ class WorkerRuntime:
     _threads: list[threading.Thread] = field(default_factory=list)
     last_task_at: object = None
     _handing_back: set[str] = field(default_factory=set)
+    _webhook_pool: ThreadPoolExecutor | None = None
 
     @classmethod
     def create(cls, platform: Platform, hardware: Hardware, queues: list[str]) -> WorkerRuntime:
@@ -86,11 +88,13 @@ class WorkerRuntime:
     def start(self) -> None:
         self.heartbeat()
         s = self.platform.settings
+        self._webhook_pool = ThreadPoolExecutor(s.webhook_concurrency, thread_name_prefix="webhook")
         for name, interval, fn in (
             ("heartbeat", s.heartbeat_interval_s, self.heartbeat),
             ("outbox-relay", s.relay_interval_s, self.relay),
             ("cancel-watch", 0.25, self.watch_cancels),
             ("reconciler", s.reconcile_interval_s, self.reconcile),
+            ("webhooks", s.webhook_sweep_interval_s, self.send_webhooks),
         ):
             t = threading.Thread(target=self._every, args=(interval, fn), name=name, daemon=True)
             t.start()
@@ -103,6 +107,8 @@ class WorkerRuntime:
                 workers.heartbeat(session=session, worker_id=self.worker_id, stopped_at=utcnow(), running_jobs=0)
         except Exception:  # noqa: BLE001 - shutting down; the heartbeat going stale says the same
             log.warning("could not record worker stop")
+        if self._webhook_pool is not None:
+            self._webhook_pool.shutdown(wait=False, cancel_futures=True)
         self.cache.close()
 
     def _every(self, interval: float, fn) -> None:  # noqa: ANN001
@@ -127,6 +133,7 @@ class WorkerRuntime:
 
     def relay(self) -> None:
         outbox.relay(db=self.platform.db, publisher=self.platform.publisher)
+        batches.relay(db=self.platform.db, publisher=self.platform.publisher)
 
     def reconcile(self) -> None:
         s = self.platform.settings
@@ -134,6 +141,14 @@ class WorkerRuntime:
                                      alive=frozenset({self.worker_id}))
         reconciler.republish_stranded(db=self.platform.db, queue_depth=self.platform.publisher.queue_depth,
                                       older_than_s=s.republish_after_s)
+        batches.reconcile(db=self.platform.db, settings=s, queue_depth=self.platform.publisher.queue_depth,
+                          alive=frozenset({self.worker_id}))
+
+    def send_webhooks(self) -> None:
+        """Sent from this thread's pool, not through a Celery queue: the database already is the queue
+        (due time, lease, order), so a broker hop would add a second delivery layer and nothing else."""
+        assert self._webhook_pool is not None
+        webhooks.sweep(db=self.platform.db, settings=self.platform.settings, pool=self._webhook_pool)
 
     def watch_cancels(self) -> None:
         with self._lock:

@@ -52,7 +52,7 @@ class JsonApi(Api):
 
 
 def init_api(app: Flask) -> None:
-    from app.api import health, jobs, models, workers
+    from app.api import batches, files, health, jobs, models, webhooks, workers
 
     api = JsonApi(app, catch_all_404s=True)
     api.add_resource(health.Health, "/healthz")
@@ -60,6 +60,17 @@ def init_api(app: Flask) -> None:
     api.add_resource(jobs.JobItem, "/jobs/<string:job_id>")
     api.add_resource(jobs.JobCancel, "/jobs/<string:job_id>/cancel")
     api.add_resource(jobs.JobEvents, "/jobs/<string:job_id>/events")
+    api.add_resource(webhooks.JobWebhookDeliveries, "/jobs/<string:job_id>/webhook-deliveries")
+    api.add_resource(webhooks.WebhookRedeliver, "/webhook-deliveries/<string:delivery_id>/redeliver")
+    api.add_resource(webhooks.WebhookDefaultItem, "/webhooks/default")
+    api.add_resource(webhooks.WebhookSecret, "/webhooks/secret")
+    api.add_resource(webhooks.WebhookSecretRotate, "/webhooks/secret/rotate")
+    api.add_resource(files.FileList, "/files")
+    api.add_resource(files.FileItem, "/files/<string:file_id>")
+    api.add_resource(files.FileContent, "/files/<string:file_id>/content")
+    api.add_resource(batches.BatchList, "/batches")
+    api.add_resource(batches.BatchItem, "/batches/<string:batch_id>")
+    api.add_resource(batches.BatchCancel, "/batches/<string:batch_id>/cancel")
     api.add_resource(models.ModelList, "/models")
     api.add_resource(workers.WorkerList, "/workers")
 

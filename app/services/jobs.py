@@ -17,8 +17,8 @@ from app.db import Database
 from app.errors import Conflict, InvalidInput, NotFound
 from app.models import TERMINAL, Job, JobEvent, JobStatus, Outbox, utcnow
 from app.queue import ANY, queue_name
-from app.schemas import KINDS, ValidatedJob
-from app.services import registry, workers
+from app.schemas import DEFAULT_WEBHOOK_EVENTS, KINDS, ValidatedJob
+from app.services import registry, webhooks, workers
 from app.services.pagination import page, paginate
 from app.settings import Settings
 
@@ -89,11 +89,15 @@ def submit_job(
     gpu, queue, warning = route(session=session, kind=env.kind, requested=requested,
                                 model_default=entry.default_gpu,
                                 stale_after_s=settings.heartbeat_interval_s * 3)
+    webhook, webhook_events = env.webhook, env.webhook_events
+    if webhook is None:
+        webhook, webhook_events = webhooks.default_webhook(session, owner_id) or (None, None)
     job = Job(
         id=new_id("job"), owner_id=owner_id, kind=env.kind, model=env.model, input=spec.input,
         params=spec.params, gpu=gpu, queue=queue, priority=env.priority, status=JobStatus.queued.value,
         timeout_s=env.timeout_s or settings.default_timeout_s, metadata_=env.metadata,
         idempotency_key=idempotency_key, request_hash=body_hash,
+        webhook=webhook, webhook_events=list(webhook_events or DEFAULT_WEBHOOK_EVENTS) if webhook else None,
     )
     session.add(job)
     session.flush()
@@ -197,6 +201,7 @@ def cancel_job(*, session: Session, owner_id: int, job_id: str) -> Job:
         )
         if res.rowcount == 1:
             add_event(session, job_id, "cancelled", "cancelled before it ran")
+            webhooks.job_event(session, job_id, "job.cancelled")
             session.flush()
             session.refresh(job)
             return job
@@ -234,6 +239,7 @@ def claim_job(*, session: Session, job_id: str, worker_id: str) -> Job | None:
     session.refresh(job)
     add_event(session, job_id, "running", f"started on {worker_id}", worker_id=worker_id,
               attempt=job.attempts)
+    webhooks.job_event(session, job_id, "job.started")
     return job
 
 
@@ -242,7 +248,10 @@ def _finish(session: Session, job_id: str, attempt: int, status: JobStatus, **va
         update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE), Job.attempts == attempt)
         .values(status=status.value, finished_at=utcnow(), **values)
     )
-    return res.rowcount == 1
+    if res.rowcount != 1:
+        return False
+    webhooks.job_event(session, job_id, f"job.{status.value}")  # succeeded | failed | cancelled
+    return True
 
 
 def complete_job(*, session: Session, job_id: str, attempt: int, output: dict[str, Any],

@@ -20,6 +20,7 @@ from sqlalchemy import func, select, update
 
 from app.db import Database
 from app.models import Job, JobStatus, Outbox, Worker, utcnow
+from app.services import webhooks
 from app.services.jobs import ACTIVE, add_event
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ def recover_lost_jobs(*, db: Database, stale_after_s: float, alive: frozenset[st
                 if res.rowcount:
                     add_event(session, job_id, "worker_lost", msg, worker_id=worker_id, attempt=attempts)
                     add_event(session, job_id, "cancelled", "cancelled", code="cancelled")
+                    webhooks.job_event(session, job_id, "job.cancelled")
                     report.cancelled += 1
             elif attempts >= max_attempts:
                 res = session.execute(update(Job).where(*guard).values(
@@ -78,6 +80,7 @@ def recover_lost_jobs(*, db: Database, stale_after_s: float, alive: frozenset[st
                 if res.rowcount:
                     add_event(session, job_id, "worker_lost", msg, worker_id=worker_id, attempt=attempts)
                     add_event(session, job_id, "failed", "no attempts left", code="worker_lost")
+                    webhooks.job_event(session, job_id, "job.failed")
                     report.failed += 1
             else:
                 job = session.get(Job, job_id)

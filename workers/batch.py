@@ -1,0 +1,262 @@
+"""Batch chunks: one message runs a chunk of documents through the model together.
+
+generate and extract hand every request of the chunk to the engine at once, so they share forward passes;
+classify scores every (document, label) pair in padded batches; embed embeds the chunk in padded batches.
+A document that cannot run (template field missing, too long for the model) fails alone with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+import torch
+from celery import shared_task
+from flask import current_app
+
+from app.models import ModelEntry
+from app.queue import RUN_CHUNK_TASK
+from app.services import batches
+from app.services.batches import ChunkWork, ItemResult
+from workers.engines.embedding import EmbeddingEngine
+from workers.engines.generation import GenerationEngine, GenRequest
+from workers.errors import JobFailure
+from workers.model_cache import LoadedModel, ModelSpec
+from workers.runtime import WorkerRuntime
+
+log = logging.getLogger("llmos.worker")
+
+Item = tuple[int, str, str, dict[str, Any] | None]
+
+
+def runtime() -> WorkerRuntime:
+    return current_app.extensions["llmos_worker"]
+
+
+@shared_task(name=RUN_CHUNK_TASK, bind=True, acks_late=True, ignore_result=True, max_retries=30)
+def run_batch_chunk(self: Any, batch_id: str, seq: int) -> None:
+    from workers.tasks import TRANSIENT_DB, _store
+
+    rt = runtime()
+    key = f"{batch_id}:{seq}"
+    try:
+        with rt.platform.db.session() as session:
+            work = batches.claim_chunk(session=session, batch_id=batch_id, seq=seq, worker_id=rt.worker_id)
+            entry = session.get(ModelEntry, work.model) if work else None
+            spec = (ModelSpec(entry.name, entry.kind, entry.source_type, entry.source, dict(entry.config))
+                    if entry else None)
+    except TRANSIENT_DB as exc:
+        raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 30)) from None
+    if work is None:
+        log.info("batch=%s chunk=%d not queued any more (duplicate delivery or cancelled); skipped", batch_id, seq)
+        batches.finalize(db=rt.platform.db, settings=rt.platform.settings, batch_id=batch_id)
+        return
+    cancel = rt.job_started(key)
+    t0 = time.monotonic()
+    try:
+        results = process(work, spec, rt, cancel)
+    except Exception as exc:  # the model would not load, or a crash: every document of the chunk fails alone
+        code, message = ((exc.code, exc.message) if isinstance(exc, JobFailure)
+                         else ("internal", f"internal error ({exc.__class__.__name__})"))
+        if not isinstance(exc, JobFailure):
+            log.exception("batch=%s chunk=%d crashed", batch_id, seq)
+        results = [ItemResult(idx, error_code=code, error_message=message) for idx, *_ in work.items]
+    finally:
+        rt.job_ended(key)
+    stopping = rt.handing_back(key) or any(r.error_code == "cancelled" for r in results)
+    kept = [r for r in results if r.error_code != "cancelled"]  # unfinished by a stopping worker: run again
+    _store(rt, lambda s: batches.finish_chunk(session=s, batch_id=batch_id, seq=seq, attempt=work.attempt,
+                                              results=kept, hand_back=stopping))
+    log.info("batch=%s chunk=%d docs=%d failed=%d seconds=%.2f%s", batch_id, seq, len(kept),
+             sum(1 for r in kept if r.error_code), time.monotonic() - t0, " handed back" if stopping else "")
+    if not stopping:
+        batches.finalize(db=rt.platform.db, settings=rt.platform.settings, batch_id=batch_id)
+
+
+def process(work: ChunkWork, spec: ModelSpec | None, rt: WorkerRuntime, cancel: Any) -> list[ItemResult]:
+    if spec is None:
+        raise JobFailure("model_not_found", f"model {work.model!r} was removed from the registry")
+    loaded = rt.cache.get(spec)
+    kind = work.task["type"]
+    return PROCESSORS[kind](work, loaded, rt, cancel)
+
+
+# ---- generate and extract: every request of the chunk in the engine at once ------------------------------
+
+
+def _gen_engine(loaded: LoadedModel) -> GenerationEngine:
+    if not isinstance(loaded.engine, GenerationEngine):
+        raise JobFailure("invalid_input", f"model {loaded.name!r} cannot generate text")
+    return loaded.engine
+
+
+def _prompt_ids(loaded: LoadedModel, prompt: str, max_new: int, max_chars: int) -> list[int]:
+    if len(prompt) > max_chars:
+        raise JobFailure("invalid_input", f"the prompt is {len(prompt)} characters; the limit is {max_chars}")
+    ids = loaded.tokenizer(prompt)["input_ids"]
+    if not ids:
+        raise JobFailure("invalid_input", "the prompt is empty after tokenisation")
+    if loaded.max_positions and len(ids) + max_new > loaded.max_positions:
+        raise JobFailure("invalid_input", f"the prompt ({len(ids)} tokens) + max_new_tokens ({max_new}) "
+                         f"exceeds the model's context of {loaded.max_positions}")
+    return ids
+
+
+def _render(template: str, item: Item) -> str:
+    _idx, cid, text, extra = item
+    values = {**(extra or {}), "text": text, "custom_id": cid}
+    try:
+        return template.format_map(values)
+    except KeyError as exc:
+        raise JobFailure("invalid_input", f"template field {{{exc.args[0]}}} is missing from this document") from None
+
+
+def _gather(futures: dict[int, list[Future]], failed: dict[int, JobFailure],
+            build: Callable[[list[Any]], Any]) -> dict[int, ItemResult]:
+    out: dict[int, ItemResult] = {}
+    for idx, err in failed.items():
+        out[idx] = ItemResult(idx, error_code=err.code, error_message=err.message)
+    for idx, futs in futures.items():
+        try:
+            out[idx] = ItemResult(idx, output=build([f.result() for f in futs]))
+        except JobFailure as exc:
+            out[idx] = ItemResult(idx, error_code=exc.code, error_message=exc.message)
+    return out
+
+
+def run_generate(work: ChunkWork, loaded: LoadedModel, rt: WorkerRuntime, cancel: Any) -> list[ItemResult]:
+    engine = _gen_engine(loaded)
+    p = work.params
+    deadline = time.monotonic() + rt.platform.settings.default_timeout_s
+    futures: dict[int, list[Future]] = {}
+    failed: dict[int, JobFailure] = {}
+    for item in work.items:
+        try:
+            ids = _prompt_ids(loaded, _render(work.task["template"], item), p["max_new_tokens"],
+                              rt.platform.settings.max_prompt_chars)
+        except JobFailure as exc:
+            failed[item[0]] = exc
+            continue
+        futures[item[0]] = [engine.submit(GenRequest(
+            prompt_ids=ids, max_new_tokens=p["max_new_tokens"], min_new_tokens=p.get("min_new_tokens", 0),
+            temperature=p["temperature"], top_p=p["top_p"], top_k=p["top_k"], stop=p["stop"],
+            seed=p.get("seed"), deadline=deadline, cancel=cancel))]
+    by_idx = _gather(futures, failed, lambda rs: {"text": rs[0].text, "finish_reason": rs[0].finish_reason})
+    return [by_idx[item[0]] for item in work.items]
+
+
+def extract_prompt(text: str, field: str) -> str:
+    return f"{text}\n\nFrom the text above, give the {field} in a few words.\n{field}:"
+
+
+def run_extract(work: ChunkWork, loaded: LoadedModel, rt: WorkerRuntime, cancel: Any) -> list[ItemResult]:
+    engine = _gen_engine(loaded)
+    fields = work.task["fields"]
+    max_new = work.params.get("max_new_tokens", 32)
+    deadline = time.monotonic() + rt.platform.settings.default_timeout_s
+    futures: dict[int, list[Future]] = {}
+    failed: dict[int, JobFailure] = {}
+    for idx, _cid, text, _extra in work.items:
+        try:
+            prompts = [_prompt_ids(loaded, extract_prompt(text, f), max_new, rt.platform.settings.max_prompt_chars)
+                       for f in fields]
+        except JobFailure as exc:
+            failed[idx] = exc
+            continue
+        futures[idx] = [engine.submit(GenRequest(prompt_ids=ids, max_new_tokens=max_new, temperature=0.0,
+                                                 stop=["\n"], deadline=deadline, cancel=cancel))
+                        for ids in prompts]
+    by_idx = _gather(futures, failed, lambda rs: {f: r.text.strip() for f, r in zip(fields, rs, strict=True)})
+    return [by_idx[item[0]] for item in work.items]
+
+
+# ---- classify: the label with the highest log-likelihood after the prompt -------------------------------
+
+
+def classify_prompt(text: str, labels: list[str], instruction: str) -> str:
+    return f"{instruction} Answer with one of: {', '.join(labels)}.\nText: {text}\nAnswer:"
+
+
+@torch.inference_mode()
+def score_continuations(loaded: LoadedModel, rows: list[tuple[list[int], list[int]]], max_batch: int) -> list[float]:
+    """Sum of log-probabilities of each continuation after its prompt, right-padded batches of rows."""
+    model, device = loaded.model, next(loaded.model.parameters()).device
+    pad = loaded.tokenizer.pad_token_id or 0
+    scores: list[float] = []
+    for start in range(0, len(rows), max_batch):
+        part = rows[start:start + max_batch]
+        seqs = [p + c for p, c in part]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        attn = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+            attn[i, : len(s)] = 1
+        logp = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float().log_softmax(-1)
+        for i, (p, c) in enumerate(part):
+            positions = torch.arange(len(p) - 1, len(p) + len(c) - 1, device=device)
+            targets = torch.tensor(c, device=device)
+            scores.append(float(logp[i, positions, targets].sum()))
+    return scores
+
+
+def run_classify(work: ChunkWork, loaded: LoadedModel, rt: WorkerRuntime, cancel: Any) -> list[ItemResult]:
+    _gen_engine(loaded)
+    labels: list[str] = work.task["labels"]
+    tok = loaded.tokenizer
+    label_ids = [tok(" " + label, add_special_tokens=False)["input_ids"] or [tok.eos_token_id] for label in labels]
+    longest = max(len(x) for x in label_ids)
+    rows: list[tuple[list[int], list[int]]] = []
+    owners: list[int] = []
+    out: dict[int, ItemResult] = {}
+    for idx, _cid, text, _extra in work.items:
+        try:
+            prompt = _prompt_ids(loaded, classify_prompt(text, labels, work.task.get("instruction", "")), longest,
+                                 rt.platform.settings.max_prompt_chars)
+        except JobFailure as exc:
+            out[idx] = ItemResult(idx, error_code=exc.code, error_message=exc.message)
+            continue
+        for ids in label_ids:
+            rows.append((prompt, ids))
+            owners.append(idx)
+    if cancel.is_set():
+        raise JobFailure("cancelled", "worker stopping")
+    scores = score_continuations(loaded, rows, rt.platform.settings.worker_max_batch) if rows else []
+    per_doc: dict[int, list[float]] = {}
+    for idx, s in zip(owners, scores, strict=True):
+        per_doc.setdefault(idx, []).append(s)
+    for idx, ss in per_doc.items():
+        best = max(range(len(labels)), key=lambda i: ss[i])
+        out[idx] = ItemResult(idx, output={"label": labels[best],
+                                           "scores": {lab: round(v, 4) for lab, v in zip(labels, ss, strict=True)}})
+    return [out[item[0]] for item in work.items]
+
+
+# ---- embed -----------------------------------------------------------------------------------------------
+
+
+def run_embed(work: ChunkWork, loaded: LoadedModel, rt: WorkerRuntime, cancel: Any) -> list[ItemResult]:
+    if not isinstance(loaded.engine, EmbeddingEngine):
+        raise JobFailure("invalid_input", f"model {loaded.name!r} is not an embedding model")
+    out: dict[int, ItemResult] = {}
+    todo = []
+    for item in work.items:
+        if len(item[2]) > rt.platform.settings.max_prompt_chars:
+            out[item[0]] = ItemResult(item[0], error_code="invalid_input",
+                                      error_message=f"the text is {len(item[2])} characters; the limit is "
+                                                    f"{rt.platform.settings.max_prompt_chars}")
+        else:
+            todo.append(item)
+    texts = [t for _i, _c, t, _e in todo]
+    vectors = loaded.engine.embed(texts, normalize=work.task.get("normalize", True))[0] if texts else []
+    for item, vec in zip(todo, vectors, strict=True):
+        out[item[0]] = ItemResult(item[0], output={"embedding": vec})
+    return [out[item[0]] for item in work.items]
+
+
+PROCESSORS: dict[str, Callable[[ChunkWork, LoadedModel, WorkerRuntime, Any], list[ItemResult]]] = {
+    "generate": run_generate, "extract": run_extract, "classify": run_classify, "embed": run_embed,
+}
