@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from app.errors import InvalidInput
 from app.models import Batch, File
-from app.schemas import GenerateParams, JobCreate, iso, validation_error
+from app.schemas import GenerateParams, JobCreate, check_webhook_url, iso, validation_error
 from app.settings import Settings
 
 
@@ -90,6 +90,7 @@ class BatchCreate(_Strict):
     priority: int = Field(5, ge=0, le=9)
     metadata: dict[str, str] = Field(default_factory=dict)
     chunk_size: int | None = Field(None, ge=1, le=1024)
+    webhook: str | None = Field(None, min_length=1, max_length=2048)
 
 
 @dataclass
@@ -141,6 +142,8 @@ def validate_batch(body: Any, settings: Settings) -> ValidatedBatch:
         raise validation_error(exc) from None
     if (env.input_file_id is None) == (env.documents is None):
         raise InvalidInput("give exactly one of input_file_id or documents", field="documents")
+    if env.webhook is not None:
+        check_webhook_url(env.webhook, settings, "webhook")
     try:
         task = _TaskHolder.model_validate({"task": env.task}).task
     except ValidationError as exc:
@@ -253,6 +256,7 @@ def batch_public(b: Batch, base_url: str = "") -> dict[str, Any]:
         "started_at": iso(b.started_at),
         "finished_at": iso(b.finished_at),
         "cancel_requested_at": iso(b.cancel_requested_at),
+        "webhook": b.webhook,
         "urls": {"get": url, "cancel": f"{url}/cancel"},
     }
 

@@ -160,8 +160,9 @@ class WebhookSettings(Base):
 
 
 class WebhookDelivery(Base):
-    """One event for one job to one URL, written in the transaction of the job's state change. `seq` orders a
-    job's deliveries: one is attempted only when every earlier one is delivered or given up."""
+    """One event for one job (or batch) to one URL, written in the transaction of its state change. `seq` orders
+    a job's deliveries: one is attempted only when every earlier one is delivered or given up. A batch sends one
+    event, when it ends."""
 
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
@@ -169,7 +170,9 @@ class WebhookDelivery(Base):
         Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
     )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), default=None)
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), default=None,
+                                                 index=True)
     seq: Mapped[int] = mapped_column(Integer)
     owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), index=True)
     event_type: Mapped[str] = mapped_column(String(32))
@@ -235,6 +238,7 @@ class Batch(Base):
     error_code: Mapped[str | None] = mapped_column(String(64), default=None)
     error_message: Mapped[str | None] = mapped_column(Text, default=None)
     finalizing_at: Mapped[datetime | None] = mapped_column(default=None)
+    webhook: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)

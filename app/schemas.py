@@ -280,6 +280,7 @@ def delivery_public(d: WebhookDelivery, attempts: list[WebhookAttempt]) -> dict[
         "id": d.id,
         "object": "webhook_delivery",
         "job_id": d.job_id,
+        "batch_id": d.batch_id,
         "type": d.event_type,
         "url": d.url,
         "webhook_id": d.webhook_id,

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     worker_lost_after_s: float = 30.0
     republish_after_s: float = 120.0
     shutdown_grace_s: float = 30.0
+    progress_interval_s: float = 5.0
     outcome_write_retry_s: float = 600.0
     device: str | None = Field(None, description="torch device override (cuda, cpu)")
 

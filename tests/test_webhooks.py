@@ -402,3 +402,50 @@ def test_sweep_on_sqlite_embedded_default(make_app, receiver):
     got = sorted(verified(secret, r)["data"]["id"] for r in receiver.ok())
     assert got == sorted(j["id"] for j in jobs)
     assert all(verified(secret, r)["type"] == "job.cancelled" for r in receiver.ok())
+
+
+def test_progress_events_and_webhooks(env, pg, own_redis, start_worker, receiver):
+    app, client, key = env
+    receiver.start()
+    secret = client.get("/webhooks/secret", headers=auth(key)).get_json()["secret"]
+    start_worker(pg, own_redis.url, "--gpu-type", "cpu", "--concurrency", "4", LLMOS_PROGRESS_INTERVAL_S="0.3",
+                 **WEBHOOK_ENV)
+    body = job_body(webhook=receiver.url, webhook_events=["progress", "completed"],
+                    params={"max_new_tokens": 2500, "min_new_tokens": 2500, "temperature": 0})
+    job = client.post("/jobs", json=body, headers=auth(key)).get_json()
+    running = wait_for("progress on the job", lambda: (lambda b: b if b["progress"] else None)(
+        client.get(f"/jobs/{job['id']}", headers=auth(key)).get_json()))
+    assert 0 < running["progress"]["done"] <= 2500 and running["progress"]["total"] == 2500
+    wait_status(client, key, job["id"], ("succeeded",), timeout=120)
+    wait_for("completed delivery", lambda: any(verified(secret, r)["type"] == "job.succeeded" for r in receiver.ok()))
+    types = [verified(secret, r)["type"] for r in receiver.ok()]
+    assert types[-1] == "job.succeeded" and types.count("job.succeeded") == 1
+    progress = [verified(secret, r)["data"]["progress"]["done"] for r in receiver.ok()
+                if verified(secret, r)["type"] == "job.progress"]
+    assert progress and progress == sorted(progress) and all(0 < d <= 2500 for d in progress)
+    events = client.get(f"/jobs/{job['id']}/events?limit=100", headers=auth(key)).get_json()["data"]
+    assert any(e["type"] == "progress" and e["data"]["total"] == 2500 for e in events)
+
+
+def test_batch_webhook_on_completion(env, pg, own_redis, start_worker, receiver):
+    app, client, key = env
+    receiver.start()
+    secret = client.get("/webhooks/secret", headers=auth(key)).get_json()["secret"]
+    bad = client.post("/batches", json={"documents": [{"custom_id": "a", "text": "x"}], "model": "tiny-random-llama",
+                                        "task": {"type": "generate", "template": "{text}"},
+                                        "webhook": "ftp://example.com/hook"}, headers=auth(key))
+    assert bad.status_code == 422 and bad.get_json()["error"]["field"] == "webhook"
+    start_worker(pg, own_redis.url, "--gpu-type", "cpu", "--concurrency", "4", **WEBHOOK_ENV)
+    docs = [{"custom_id": f"d{i}", "text": f"document {i}"} for i in range(20)]
+    r = client.post("/batches", json={"documents": docs, "model": "tiny-random-llama", "webhook": receiver.url,
+                                      "task": {"type": "generate", "template": "Summarize: {text}"},
+                                      "params": {"max_new_tokens": 4}}, headers=auth(key))
+    assert r.status_code == 202, r.get_json()
+    batch = r.get_json()
+    assert batch["webhook"] == receiver.url
+    wait_for("batch webhook", lambda: [x for x in receiver.ok() if verified(secret, x)["type"].startswith("batch.")])
+    events = [verified(secret, x) for x in receiver.ok() if verified(secret, x)["type"].startswith("batch.")]
+    assert len(events) == 1 and events[0]["type"] == "batch.succeeded"
+    data = events[0]["data"]
+    assert data["id"] == batch["id"] and data["status"] == "succeeded"
+    assert data["request_counts"] == {"total": 20, "completed": 20, "failed": 0} and data["output_file_id"]

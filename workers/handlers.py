@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +32,22 @@ class JobContext:
     timeout_s: int
     started: float
     cancel: threading.Event
+    progress: Callable[[int, int], None] = lambda done, total: None  # noqa: E731 - writes job.progress
+
+
+def wait_reporting(future: Future, ctx: JobContext, total: int, produced: Callable[[], int],
+                   every_s: float) -> Any:
+    """Wait for an engine result from the task thread, reporting progress every `every_s` (never from the
+    engine thread: a database write there would stall every request in the batch)."""
+    last = -1
+    while True:
+        try:
+            return future.result(timeout=every_s)
+        except FutureTimeout:
+            done = produced()
+            if done != last:
+                ctx.progress(done, total)
+                last = done
 
 
 Handler = Callable[[JobContext, "WorkerRuntime"], tuple[dict[str, Any], dict[str, Any]]]
@@ -58,7 +76,8 @@ def run_generate(ctx: JobContext, rt: WorkerRuntime) -> tuple[dict[str, Any], di
         top_p=p["top_p"], top_k=p["top_k"], stop=p["stop"], seed=p.get("seed"),
         deadline=ctx.started + ctx.timeout_s, cancel=ctx.cancel,
     )
-    res = loaded.engine.submit(req).result()
+    res = wait_reporting(loaded.engine.submit(req), ctx, req.max_new_tokens, lambda: req.produced,
+                         rt.platform.settings.progress_interval_s)
     seconds = time.monotonic() - ctx.started
     usage = {
         "prompt_tokens": res.prompt_tokens,

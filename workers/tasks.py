@@ -80,9 +80,20 @@ def _claim(rt: WorkerRuntime, job_id: str) -> tuple[JobContext, int] | None:
             return None
         entry = session.get(ModelEntry, job.model)
         spec = ModelSpec(entry.name, entry.kind, entry.source_type, entry.source, dict(entry.config)) if entry else None
+        attempt = job.attempts
+
+        def progress(done: int, total: int) -> None:
+            try:
+                with rt.platform.db.session() as s:
+                    jobs.record_progress(session=s, job_id=job_id, attempt=attempt, done=done, total=total,
+                                         message=f"{done}/{total} tokens")
+            except TRANSIENT_DB:  # progress is best effort; the outcome write is the one that retries
+                log.warning("job=%s progress not recorded (database unavailable)", job_id)
+
         ctx = JobContext(id=job.id, kind=job.kind, model=spec, input=dict(job.input), params=dict(job.params),
-                         timeout_s=job.timeout_s, started=time.monotonic(), cancel=rt.job_started(job_id))
-        return ctx, job.attempts
+                         timeout_s=job.timeout_s, started=time.monotonic(), cancel=rt.job_started(job_id),
+                         progress=progress)
+        return ctx, attempt
 
 
 def _store(rt: WorkerRuntime, write: Callable[[Session], bool]) -> bool:

@@ -20,7 +20,7 @@ class JobList(AuthResource):
         job, created = jobs.create_job(db=p.db, settings=p.settings, owner_id=self.owner_id, spec=spec,
                                        body=body, idempotency_key=key)
         if created:
-            outbox.publish_for_jobs(db=p.db, publisher=p.publisher, job_ids=[job.id])
+            outbox.publish_new(db=p.db, publisher=p.publisher, job_id=job.id, queue=job.queue, priority=job.priority)
         public = job_public(job, self.base_url())
         headers = {"Location": public["urls"]["get"]}
         if not created:

@@ -29,7 +29,7 @@ from app.batch_schemas import TASK_MODEL_KIND, Document, ValidatedBatch
 from app.db import Database
 from app.errors import Conflict, InvalidInput, NotFound
 from app.models import Batch, BatchChunk, BatchItem, File, JobStatus, utcnow
-from app.services import files, registry
+from app.services import files, registry, webhooks
 from app.services.jobs import new_id, route
 from app.services.pagination import page, paginate
 from app.settings import Settings
@@ -66,7 +66,8 @@ def submit_batch(*, session: Session, settings: Settings, owner_id: int, spec: V
     size = env.chunk_size or settings.batch_chunk_size
     batch = Batch(id=new_id("batch"), owner_id=owner_id, status=JobStatus.queued.value, task=spec.task,
                   model=env.model, params=spec.params, gpu=gpu, queue=queue, priority=env.priority,
-                  metadata_=env.metadata, input_file_id=env.input_file_id, chunk_size=size, total=len(documents))
+                  metadata_=env.metadata, input_file_id=env.input_file_id, chunk_size=size, total=len(documents),
+                  webhook=env.webhook)
     session.add(batch)
     session.flush()
     _insert_items(session, batch.id, size, documents)
@@ -346,6 +347,7 @@ def finalize(*, db: Database, settings: Settings, batch_id: str) -> bool:
             session.add(File(id=err_id, owner_id=owner_id, purpose="batch_error",
                              filename=f"{batch_id}_errors.jsonl", bytes=err.size, sha256=err.digest.hexdigest(),
                              path=str(err_path)))
+        webhooks.batch_event(session, batch_id, f"batch.{final.value}")  # in the transaction that ends it
     log.info("batch=%s state=%s output=%s errors=%d", batch_id, final.value, out_id, n_err)
     return True
 

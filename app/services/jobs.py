@@ -271,6 +271,21 @@ def fail_job(*, session: Session, job_id: str, attempt: int, code: str, message:
     return done
 
 
+def record_progress(*, session: Session, job_id: str, attempt: int, done: int, total: int,
+                    message: str = "") -> bool:
+    progress = {"done": done, "total": total, "fraction": round(done / total, 4) if total else None,
+                "message": message}
+    res = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == JobStatus.running.value, Job.attempts == attempt)
+        .values(progress=progress)
+    )
+    if res.rowcount != 1:
+        return False
+    add_event(session, job_id, "progress", message or f"{done}/{total}", done=done, total=total)
+    webhooks.job_event(session, job_id, "job.progress")
+    return True
+
+
 def hand_back(*, session: Session, job_id: str, attempt: int, reason: str) -> bool:
     """A stopping worker returns a running job to the queue (a user's cancel still wins)."""
     job = session.get(Job, job_id)

@@ -37,6 +37,19 @@ def _send(db: Database, publisher: Publishes, rows: list[Outbox]) -> int:
     return sent
 
 
+def publish_new(*, db: Database, publisher: Publishes, job_id: str, queue: str, priority: int) -> bool:
+    """The fast path right after the API's commit: publish, then mark the job's outbox row sent."""
+    try:
+        publisher.publish(job_id=job_id, queue=queue, priority=priority)
+    except Exception as exc:  # broker down: the relay retries later; the job is safe in the database
+        log.warning("job=%s outbox publish failed, left for the relay: %s", job_id, exc)
+        return False
+    with db.session() as session:
+        session.execute(update(Outbox).where(Outbox.job_id == job_id, Outbox.sent_at.is_(None))
+                        .values(sent_at=utcnow()))
+    return True
+
+
 def publish_for_jobs(*, db: Database, publisher: Publishes, job_ids: list[str]) -> int:
     with db.session() as session:
         rows = list(session.scalars(

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, aliased
 from app import webhooks as signing
 from app.db import Database
 from app.errors import NotFound
-from app.models import Job, JobEvent, WebhookAttempt, WebhookDelivery, WebhookSettings, utcnow
+from app.models import Batch, Job, JobEvent, WebhookAttempt, WebhookDelivery, WebhookSettings, utcnow
 from app.schemas import DEFAULT_WEBHOOK_EVENTS, iso, job_public
 from app.services import webhook_http
 from app.settings import Settings
@@ -63,6 +63,23 @@ def job_event(session: Session, job_id: str, type_: str) -> WebhookDelivery | No
     delivery = WebhookDelivery(
         id=_id("whd"), job_id=job_id, seq=seq, owner_id=job.owner_id, event_type=type_, url=job.webhook,
         payload={"type": type_, "timestamp": iso(now), "data": job_public(job)}, webhook_id=_id("msg"),
+        status=PENDING, attempts=0, next_attempt_at=now, created_at=now,
+    )
+    session.add(delivery)
+    return delivery
+
+
+def batch_event(session: Session, batch_id: str, type_: str) -> WebhookDelivery | None:
+    """Queue a batch's end (batch.succeeded | batch.failed | batch.cancelled) for its webhook, if it has one."""
+    from app.batch_schemas import batch_public
+
+    batch = session.get(Batch, batch_id, populate_existing=True)
+    if batch is None or not batch.webhook:
+        return None
+    now = utcnow()
+    delivery = WebhookDelivery(
+        id=_id("whd"), batch_id=batch_id, seq=1, owner_id=batch.owner_id, event_type=type_, url=batch.webhook,
+        payload={"type": type_, "timestamp": iso(now), "data": batch_public(batch)}, webhook_id=_id("msg"),
         status=PENDING, attempts=0, next_attempt_at=now, created_at=now,
     )
     session.add(delivery)
@@ -154,7 +171,7 @@ def redeliver(session: Session, owner_id: int, delivery_id: str) -> tuple[Webhoo
 @dataclass(frozen=True)
 class Due:
     id: str
-    job_id: str
+    job_id: str  # the job's id, or the batch's for a batch's delivery
     owner_id: int
     url: str
     payload: dict[str, Any]
@@ -176,7 +193,7 @@ def claim_due(*, db: Database, lease_s: float, batch: int) -> list[Due]:
         ))
         for row in rows:
             row.next_attempt_at = now + timedelta(seconds=lease_s)
-        return [Due(r.id, r.job_id, r.owner_id, r.url, dict(r.payload), r.webhook_id) for r in rows]
+        return [Due(r.id, r.job_id or r.batch_id, r.owner_id, r.url, dict(r.payload), r.webhook_id) for r in rows]
 
 
 def retry_after_s(value: str | None) -> float | None:
@@ -257,6 +274,8 @@ def _give_up_url(session: Session, due: Due, now: datetime) -> None:
 
 
 def _failed_event(session: Session, row: WebhookDelivery, message: str) -> None:
+    if row.job_id is None:  # a batch has no event timeline; the delivery row keeps the failure
+        return
     session.add(JobEvent(job_id=row.job_id, type="webhook_failed", message=message,
                          data={"delivery_id": row.id, "event": row.event_type, "url": row.url,
                                "status_code": row.last_status_code}))

@@ -40,6 +40,7 @@ class GenRequest:
     deadline: float = float("inf")  # time.monotonic() after which the request fails with `timeout`
     cancel: threading.Event = field(default_factory=threading.Event)
     future: Future = field(default_factory=Future)
+    produced: int = 0  # tokens generated so far (read by the task thread for progress)
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,7 @@ class GenerationEngine:
         if token in self.eos_ids:
             return "stop"
         toks.append(token)
+        r.produced = len(toks)
         if r.stop and self._stop_hit(r, toks):
             return "stop"
         if len(toks) >= r.max_new_tokens:
