@@ -109,6 +109,7 @@ def test_sigterm_lets_short_jobs_finish_and_hands_long_ones_back(make_app, pg, o
     assert done["status"] == "succeeded" and done["attempts"] == 2 and str(b.proc.pid) in done["worker_id"]
     types = [e["type"] for e in reversed(client.get(f"/jobs/{long['id']}/events", headers=auth(key))
                                          .get_json()["data"])]
+    types = [t for t in types if t != "progress"]  # progress events come and go with timing
     assert types == ["queued", "running", "retry", "running", "succeeded"], types
 
 

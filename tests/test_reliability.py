@@ -55,7 +55,7 @@ def test_killed_worker_job_finishes_on_another(env, pg, own_redis, start_worker)
     assert done["status"] == "succeeded", (done, b.log()[-2000:])
     assert done["attempts"] == 2 and str(b.proc.pid) in done["worker_id"]
     assert done["usage"]["completion_tokens"] == 3000
-    types = event_types(client, key, job["id"])
+    types = [t for t in event_types(client, key, job["id"]) if t != "progress"]
     assert types == ["queued", "running", "worker_lost", "retry", "running", "succeeded"], types
     assert count_events(app, job["id"], "succeeded") == 1
 
@@ -74,7 +74,7 @@ def test_cancel_running_job(env, pg, own_redis, start_worker):
     done = wait_status(client, key, job["id"], ("cancelled", "failed", "succeeded"), timeout=10)
     assert done["status"] == "cancelled" and done["error"]["code"] == "cancelled"
     assert time.monotonic() - t0 < 1.5
-    assert event_types(client, key, job["id"])[-2:] == ["cancelling", "cancelled"]
+    assert [t for t in event_types(client, key, job["id"]) if t != "progress"][-2:] == ["cancelling", "cancelled"]
     nxt = client.post("/jobs", json=short_job(), headers=auth(key)).get_json()
     assert wait_status(client, key, nxt["id"], ("succeeded",))["status"] == "succeeded"
 
