@@ -16,7 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from app.errors import InvalidInput
 from app.models import Batch, File
-from app.schemas import GenerateParams, JobCreate, check_webhook_url, iso, validation_error
+from app.schemas import (
+    GenerateParams,
+    JobCreate,
+    check_generate_params,
+    check_webhook_url,
+    iso,
+    parse,
+    validation_error,
+)
 from app.settings import Settings
 
 
@@ -129,12 +137,7 @@ def template_fields(template: str) -> set[str]:
 
 
 def validate_batch(body: Any, settings: Settings) -> ValidatedBatch:
-    if not isinstance(body, dict):
-        raise InvalidInput("the request body must be a JSON object")
-    try:
-        env = BatchCreate.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    env = parse(BatchCreate, body)
     try:  # gpu, model and metadata follow a job's rules
         JobCreate.model_validate({"kind": "batch", "model": env.model, "input": {}, "gpu": env.gpu,
                                   "metadata": env.metadata})
@@ -153,16 +156,8 @@ def validate_batch(body: Any, settings: Settings) -> ValidatedBatch:
                 err.field = "task" + err.field[len(f"task.{tag}"):]
                 err.message = err.message.replace(f"task.{tag}", "task", 1)
         raise err from None
-    try:
-        params = TASK_PARAMS[task.type].model_validate(env.params)
-    except ValidationError as exc:
-        raise validation_error(exc, "params") from None
-    if isinstance(params, GenerateParams):
-        if params.max_new_tokens > settings.max_new_tokens_limit:
-            raise InvalidInput(f"params.max_new_tokens: at most {settings.max_new_tokens_limit}",
-                               field="params.max_new_tokens")
-        if params.min_new_tokens > params.max_new_tokens:
-            raise InvalidInput("params.min_new_tokens: at most max_new_tokens", field="params.min_new_tokens")
+    params = parse(TASK_PARAMS[task.type], env.params, "params")
+    check_generate_params(params, settings)
     fields = template_fields(task.template) if isinstance(task, GenerateTask) else set()
     return ValidatedBatch(env, task.model_dump(), params.model_dump(), fields)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -178,24 +178,39 @@ class ValidatedJob:
     params: dict[str, Any]
 
 
-def validate_job(body: Any, settings: Settings) -> ValidatedJob:
-    if not isinstance(body, dict):
-        raise InvalidInput("the request body must be a JSON object")
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(model: type[M], data: Any, prefix: str = "") -> M:
+    """Validate a JSON object into `model`; any problem is a 422 naming the field (under `prefix`)."""
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{prefix} must be a JSON object" if prefix else "the request body must be a JSON object",
+                           field=prefix or None)
     try:
-        env = JobCreate.model_validate(body)
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise validation_error(exc) from None
+        raise validation_error(exc, prefix) from None
+
+
+def check_generate_params(params: BaseModel, settings: Settings) -> None:
+    """Limits of generation parameters that depend on settings (jobs and batches alike)."""
+    if not isinstance(params, GenerateParams):
+        return
+    if params.max_new_tokens > settings.max_new_tokens_limit:
+        raise InvalidInput(
+            f"params.max_new_tokens: at most {settings.max_new_tokens_limit}", field="params.max_new_tokens"
+        )
+    if params.min_new_tokens > params.max_new_tokens:
+        raise InvalidInput("params.min_new_tokens: at most max_new_tokens", field="params.min_new_tokens")
+
+
+def validate_job(body: Any, settings: Settings) -> ValidatedJob:
+    env = parse(JobCreate, body)
     spec = KINDS.get(env.kind)
     if spec is None:
         raise InvalidInput(f"unknown kind {env.kind!r}; one of: {', '.join(KINDS)}", field="kind")
-    try:
-        inp = spec.input.model_validate(env.input)
-    except ValidationError as exc:
-        raise validation_error(exc, "input") from None
-    try:
-        params = spec.params.model_validate(env.params)
-    except ValidationError as exc:
-        raise validation_error(exc, "params") from None
+    inp = parse(spec.input, env.input, "input")
+    params = parse(spec.params, env.params, "params")
     if isinstance(inp, GenerateInput) and inp.chars() > settings.max_prompt_chars:
         raise TooLarge(
             f"the prompt is {inp.chars()} characters; the limit is {settings.max_prompt_chars}",
@@ -205,12 +220,7 @@ def validate_job(body: Any, settings: Settings) -> ValidatedJob:
     if isinstance(inp, EmbedInput) and len(inp.text) > settings.max_prompt_chars:
         raise TooLarge(f"the text is {len(inp.text)} characters; the limit is {settings.max_prompt_chars}",
                        field="input.text", code="prompt_too_large")
-    if isinstance(params, GenerateParams) and params.max_new_tokens > settings.max_new_tokens_limit:
-        raise InvalidInput(
-            f"params.max_new_tokens: at most {settings.max_new_tokens_limit}", field="params.max_new_tokens"
-        )
-    if isinstance(params, GenerateParams) and params.min_new_tokens > params.max_new_tokens:
-        raise InvalidInput("params.min_new_tokens: at most max_new_tokens", field="params.min_new_tokens")
+    check_generate_params(params, settings)
     if env.timeout_s is not None and env.timeout_s > settings.max_timeout_s:
         raise InvalidInput(f"timeout_s: at most {settings.max_timeout_s}", field="timeout_s")
     if env.webhook is not None:

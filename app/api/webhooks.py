@@ -1,17 +1,14 @@
 from __future__ import annotations
 
-from pydantic import ValidationError
-
 from app import platform
 from app.api.base import AuthResource
-from app.errors import InvalidInput
 from app.schemas import (
     DEFAULT_WEBHOOK_EVENTS,
     WebhookDefault,
     check_webhook_url,
     delivery_public,
     iso,
-    validation_error,
+    parse,
 )
 from app.services import webhooks
 
@@ -28,12 +25,7 @@ class WebhookDefaultItem(AuthResource):
     def put(self) -> dict:
         p = platform()
         body = self.json_body()
-        if not isinstance(body, dict):
-            raise InvalidInput("the request body must be a JSON object")
-        try:
-            spec = WebhookDefault.model_validate(body)
-        except ValidationError as exc:
-            raise validation_error(exc) from None
+        spec = parse(WebhookDefault, body)
         if spec.url is not None:
             check_webhook_url(spec.url, p.settings, "url")
         with p.db.session() as session:
