@@ -118,7 +118,7 @@ def models_list() -> None:
 
     database = Database(load_settings().database_url)
     with database.session() as session:
-        for m in registry.list_models(session=session):
+        for m in registry.list_models(session=session, everyone=True):
             click.echo(f"{m.name}\t{m.kind}\t{m.source_type}\t{m.source}")
     database.dispose()
 

@@ -124,6 +124,27 @@ class ModelEntry(Base):
     default_gpu: Mapped[str | None] = mapped_column(String(32), default=None)
     base_model: Mapped[str | None] = mapped_column(String(200), default=None)
     adapter_path: Mapped[str | None] = mapped_column(Text, default=None)
+    owner_id: Mapped[int | None] = mapped_column(  # None: everyone's; a fine-tuned model: its owner's only
+        ForeignKey("owners.id", ondelete="CASCADE"), default=None, index=True)
+    job_id: Mapped[str | None] = mapped_column(String(40), default=None)  # the fine-tuning job that made it
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Checkpoint(Base):
+    """A fine-tuning job's saved state (adapter, optimizer, step) on disk under finetune_dir. Written only by
+    the job's current attempt (compare-and-set), read by the next attempt to resume where this one stopped."""
+
+    __tablename__ = "checkpoints"
+    __table_args__ = (Index("ix_checkpoints_job_step", "job_id", "step"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(Integer)
+    total_steps: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String(16))  # epoch | interval | cancelled | timeout | stopping
+    path: Mapped[str] = mapped_column(Text)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

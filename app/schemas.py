@@ -9,7 +9,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from app.errors import InvalidInput, TooLarge
-from app.models import Job, JobEvent, ModelEntry, WebhookAttempt, WebhookDelivery, Worker
+from app.models import Checkpoint, Job, JobEvent, ModelEntry, WebhookAttempt, WebhookDelivery, Worker
 from app.queue import ANY, GPU_TYPES
 from app.services.webhook_http import UnsafeUrl, check_url
 from app.settings import Settings
@@ -140,6 +140,32 @@ class EmbedParams(_Strict):
     normalize: bool = True
 
 
+class LoraParams(_Strict):
+    r: int = Field(8, ge=1, le=256)
+    alpha: float = Field(16.0, gt=0, le=4096)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = Field(None, min_length=1, max_length=64,
+                                             description="module names to adapt; default every linear layer")
+
+
+class FinetuneInput(_Strict):
+    training_file: str = Field(min_length=1, max_length=40)
+    validation_file: str | None = Field(None, min_length=1, max_length=40)
+
+
+class FinetuneParams(_Strict):
+    method: Literal["lora"] = "lora"
+    lora: LoraParams = Field(default_factory=LoraParams)
+    n_epochs: int = Field(3, ge=1, le=1000)
+    learning_rate: float = Field(2e-4, gt=0.0, le=1.0)
+    batch_size: int = Field(8, ge=1, le=1024)
+    max_seq_len: int = Field(1024, ge=8, le=131_072)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    suffix: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
+    log_every_steps: int = Field(10, ge=1, description="a progress event with losses every this many steps")
+    checkpoint_every_steps: int | None = Field(None, ge=1, description="checkpoints besides one per epoch")
+
+
 @dataclass(frozen=True)
 class KindSpec:
     input: type[BaseModel]
@@ -150,13 +176,14 @@ class KindSpec:
 KINDS: dict[str, KindSpec] = {
     "generate": KindSpec(GenerateInput, GenerateParams, "causal-lm"),
     "embed": KindSpec(EmbedInput, EmbedParams, "embedding"),
+    "finetune": KindSpec(FinetuneInput, FinetuneParams, "causal-lm"),
 }
 
 
 def _field(loc: tuple[Any, ...], prefix: str = "") -> str:
     parts = [str(p) for p in loc if p not in ("function-after", "function-before")]
     # pydantic puts the union member's type name in the path ("gpu.str"); drop those
-    parts = [p for p in parts if p not in ("str", "list[str]", "int", "float")]
+    parts = [p for p in parts if p not in ("str", "list[str]", "int", "float", "constrained-str")]
     return ".".join(([prefix] if prefix else []) + parts)
 
 
@@ -269,7 +296,23 @@ def job_public(job: Job, base_url: str = "") -> dict[str, Any]:
         "cancel_requested_at": iso(job.cancel_requested_at),
         "webhook": job.webhook,
         "webhook_events": job.webhook_events,
-        "urls": {"get": url, "cancel": f"{url}/cancel", "events": f"{url}/events"},
+        "urls": {"get": url, "cancel": f"{url}/cancel", "events": f"{url}/events",
+                 **({"checkpoints": f"{url}/checkpoints"} if job.kind == "finetune" else {})},
+    }
+
+
+def checkpoint_public(c: Checkpoint) -> dict[str, Any]:
+    return {
+        "id": c.id,
+        "object": "fine_tuning.checkpoint",
+        "job_id": c.job_id,
+        "step": c.step,
+        "total_steps": c.total_steps,
+        "epoch": c.epoch,
+        "attempt": c.attempt,
+        "reason": c.reason,
+        "metrics": c.metrics or {},
+        "created_at": iso(c.created_at),
     }
 
 
@@ -319,6 +362,8 @@ def model_public(m: ModelEntry) -> dict[str, Any]:
         "source_type": m.source_type,
         "default_gpu": m.default_gpu,
         "base_model": m.base_model,
+        "owned_by": "system" if m.owner_id is None else "you",
+        "job_id": m.job_id,
         "created_at": iso(m.created_at),
     }
 

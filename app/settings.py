@@ -35,6 +35,16 @@ class Settings(BaseSettings):
     batch_chunk_size: int = Field(64, ge=1, description="documents per worker message")
     batch_chunk_timeout_s: float = Field(3600.0, description="a running chunk older than this is handed out again")
 
+    # Fine-tuning
+    finetune_dir: Path | None = Field(None, description="checkpoints and adapters; default data_dir/finetunes. "
+                                      "Shared by every worker and the API in a fleet, like files_dir")
+    finetune_check_max_bytes: int = Field(
+        64 * 1024 * 1024, description="training files up to this size are checked line by line at submit (422); "
+        "larger ones by the worker before training (invalid_input)")
+    finetune_concurrency: int = Field(1, ge=1, description="fine-tuning jobs one worker trains at once")
+    finetune_keep_checkpoints: int = Field(3, ge=1, description="a job's newest checkpoints kept; older ones "
+                                           "are deleted as new ones are saved")
+
     # Broker
     visibility_timeout_s: int = 24 * 3600 + 600
     publish_timeout_s: float = 2.0
@@ -70,6 +80,8 @@ class Settings(BaseSettings):
             self.model_dir = self.data_dir / "models"
         if self.files_dir is None:
             self.files_dir = self.data_dir / "files"
+        if self.finetune_dir is None:
+            self.finetune_dir = self.data_dir / "finetunes"
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'llmos.db'}"
         if not self.broker_url:

@@ -76,7 +76,7 @@ def pg_url(pg_server: str) -> Iterator[str]:
 
 
 TABLES = ("webhook_attempts", "webhook_deliveries", "webhook_settings", "job_events", "outbox", "jobs", "api_keys",
-          "owners", "workers", "models", "batch_items", "batch_chunks", "batches", "files")
+          "owners", "workers", "models", "checkpoints", "batch_items", "batch_chunks", "batches", "files")
 
 
 @pytest.fixture

@@ -17,14 +17,13 @@ import torch
 from celery import shared_task
 from flask import current_app
 
-from app.models import ModelEntry
 from app.queue import RUN_CHUNK_TASK
 from app.services import batches
 from app.services.batches import ChunkWork, ItemResult
 from workers.engines.embedding import EmbeddingEngine
 from workers.engines.generation import GenerationEngine, GenRequest
 from workers.errors import JobFailure
-from workers.model_cache import LoadedModel, ModelSpec
+from workers.model_cache import LoadedModel, ModelSpec, spec_for
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger("llmos.worker")
@@ -45,9 +44,7 @@ def run_batch_chunk(self: Any, batch_id: str, seq: int) -> None:
     try:
         with rt.platform.db.session() as session:
             work = batches.claim_chunk(session=session, batch_id=batch_id, seq=seq, worker_id=rt.worker_id)
-            entry = session.get(ModelEntry, work.model) if work else None
-            spec = (ModelSpec(entry.name, entry.kind, entry.source_type, entry.source, dict(entry.config))
-                    if entry else None)
+            spec = spec_for(session, work.model) if work else None
     except TRANSIENT_DB as exc:
         raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 30)) from None
     if work is None:
@@ -143,7 +140,7 @@ def run_generate(work: ChunkWork, loaded: LoadedModel, rt: WorkerRuntime, cancel
         futures[item[0]] = [engine.submit(GenRequest(
             prompt_ids=ids, max_new_tokens=p["max_new_tokens"], min_new_tokens=p.get("min_new_tokens", 0),
             temperature=p["temperature"], top_p=p["top_p"], top_k=p["top_k"], stop=p["stop"],
-            seed=p.get("seed"), deadline=deadline, cancel=cancel))]
+            seed=p.get("seed"), deadline=deadline, cancel=cancel, adapter=loaded.adapter))]
     by_idx = _gather(futures, failed, lambda rs: {"text": rs[0].text, "finish_reason": rs[0].finish_reason})
     return [by_idx[item[0]] for item in work.items]
 
@@ -167,7 +164,8 @@ def run_extract(work: ChunkWork, loaded: LoadedModel, rt: WorkerRuntime, cancel:
             failed[idx] = exc
             continue
         futures[idx] = [engine.submit(GenRequest(prompt_ids=ids, max_new_tokens=max_new, temperature=0.0,
-                                                 stop=["\n"], deadline=deadline, cancel=cancel))
+                                                 stop=["\n"], deadline=deadline, cancel=cancel,
+                                                 adapter=loaded.adapter))
                         for ids in prompts]
     by_idx = _gather(futures, failed, lambda rs: {f: r.text.strip() for f, r in zip(fields, rs, strict=True)})
     return [by_idx[item[0]] for item in work.items]
@@ -183,7 +181,8 @@ def classify_prompt(text: str, labels: list[str], instruction: str) -> str:
 @torch.inference_mode()
 def score_continuations(loaded: LoadedModel, rows: list[tuple[list[int], list[int]]], max_batch: int) -> list[float]:
     """Sum of log-probabilities of each continuation after its prompt, right-padded batches of rows."""
-    model, device = loaded.model, next(loaded.model.parameters()).device
+    device = next(loaded.model.parameters()).device
+    engine = _gen_engine(loaded)
     pad = loaded.tokenizer.pad_token_id or 0
     scores: list[float] = []
     for start in range(0, len(rows), max_batch):
@@ -195,7 +194,8 @@ def score_continuations(loaded: LoadedModel, rows: list[tuple[list[int], list[in
         for i, s in enumerate(seqs):
             ids[i, : len(s)] = torch.tensor(s)
             attn[i, : len(s)] = 1
-        logp = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float().log_softmax(-1)
+        logp = engine.forward([loaded.adapter] * len(seqs), input_ids=ids.to(device),
+                              attention_mask=attn.to(device)).logits.float().log_softmax(-1)
         for i, (p, c) in enumerate(part):
             positions = torch.arange(len(p) - 1, len(p) + len(c) - 1, device=device)
             targets = torch.tensor(c, device=device)

@@ -32,7 +32,8 @@ class JobContext:
     timeout_s: int
     started: float
     cancel: threading.Event
-    progress: Callable[[int, int], None] = lambda done, total: None  # noqa: E731 - writes job.progress
+    progress: Callable[..., None] = lambda done, total, message=None, **metrics: None  # noqa: E731 - job.progress
+    attempt: int = 1
 
 
 def wait_reporting(future: Future, ctx: JobContext, total: int, produced: Callable[[], int],
@@ -74,7 +75,7 @@ def run_generate(ctx: JobContext, rt: WorkerRuntime) -> tuple[dict[str, Any], di
         prompt_ids=prompt_ids, max_new_tokens=p["max_new_tokens"], min_new_tokens=p.get("min_new_tokens", 0),
         temperature=p["temperature"],
         top_p=p["top_p"], top_k=p["top_k"], stop=p["stop"], seed=p.get("seed"),
-        deadline=ctx.started + ctx.timeout_s, cancel=ctx.cancel,
+        deadline=ctx.started + ctx.timeout_s, cancel=ctx.cancel, adapter=loaded.adapter,
     )
     res = wait_reporting(loaded.engine.submit(req), ctx, req.max_new_tokens, lambda: req.produced,
                          rt.platform.settings.progress_interval_s)
@@ -102,4 +103,6 @@ def run_embed(ctx: JobContext, rt: WorkerRuntime) -> tuple[dict[str, Any], dict[
     return {"embedding": vectors[0]}, usage
 
 
-HANDLERS: dict[str, Handler] = {"generate": run_generate, "embed": run_embed}
+from workers.finetune import run_finetune  # noqa: E402 - it needs JobContext from above
+
+HANDLERS: dict[str, Handler] = {"generate": run_generate, "embed": run_embed, "finetune": run_finetune}

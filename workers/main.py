@@ -13,7 +13,7 @@ from workers import hardware
 
 log = logging.getLogger("llmos.worker")
 
-KINDS_SERVED = ["generate", "embed", "batch"]
+KINDS_SERVED = ["generate", "embed", "batch", "finetune"]
 
 
 def run_worker(*, gpu_type: str | None = None, queues: list[str] | None = None,

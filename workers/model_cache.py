@@ -7,13 +7,15 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from sqlalchemy.orm import Session
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+from app.models import ModelEntry
 from workers import loaders
 from workers.engines.embedding import EmbeddingEngine
 from workers.engines.generation import GenerationEngine
@@ -24,13 +26,28 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ModelSpec:
-    """What the cache needs of a registry entry (read from the database, then the session is closed)."""
+    """What the cache needs of a registry entry (read from the database, then the session is closed).
+    A fine-tuned model is an adapter (source: its directory) on `base`."""
 
     name: str
     kind: str
     source_type: str
     source: str
     config: dict[str, Any]
+    base: ModelSpec | None = None
+
+
+def spec_for(session: Session, name: str) -> ModelSpec | None:
+    entry = session.get(ModelEntry, name)
+    if entry is None:
+        return None
+    base = None
+    if entry.base_model is not None:
+        base = spec_for(session, entry.base_model)
+        if base is None:
+            return None
+    return ModelSpec(entry.name, entry.kind, entry.source_type, entry.adapter_path or entry.source,
+                     dict(entry.config), base)
 
 
 @dataclass
@@ -42,6 +59,8 @@ class LoadedModel:
     bytes: int
     load_seconds: float
     max_positions: int | None
+    adapter: str | None = None  # set on the view of a fine-tuned model: the adapter's key on the base engine
+    adapters: dict[str, str] = field(default_factory=dict)  # fine-tuned model name -> adapter key (bases only)
 
 
 class ModelCache:
@@ -58,9 +77,11 @@ class ModelCache:
 
     def names(self) -> list[str]:
         with self._lock:
-            return list(self._models)
+            return [n for name, m in self._models.items() for n in (name, *m.adapters)]
 
     def get(self, spec: ModelSpec) -> LoadedModel:
+        if spec.base is not None:
+            return self._get_adapter(spec)
         with self._lock:
             hit = self._models.get(spec.name)
             if hit is not None:
@@ -77,6 +98,29 @@ class ModelCache:
                 self.cold_loads += 1
                 self._evict_over_budget(keep=spec.name)
             return loaded
+
+    def _get_adapter(self, spec: ModelSpec) -> LoadedModel:
+        """A fine-tuned model: its base (loaded once for all of its adapters) with the adapter loaded onto it."""
+        assert spec.base is not None
+        base = self.get(spec.base)
+        with self._load_lock:
+            key = base.adapters.get(spec.name)
+            if key is None:
+                if not isinstance(base.engine, GenerationEngine):
+                    raise JobFailure("invalid_input", f"model {spec.name!r}: its base cannot generate text")
+                key = f"ft{len(base.adapters)}"
+                t0 = time.monotonic()
+                try:
+                    base.engine.add_adapter(key, spec.source)
+                except (OSError, ValueError) as exc:
+                    raise JobFailure("model_not_found", f"model {spec.name!r}: its adapter at {spec.source} "
+                                     f"could not be loaded: {exc}") from None
+                with self._lock:
+                    base.adapters[spec.name] = key
+                    self.cold_loads += 1
+                log.info("model=%s adapter %s loaded onto %s in %.2fs", spec.name, key, base.name,
+                         time.monotonic() - t0)
+        return replace(base, name=spec.name, adapter=key)
 
     def _load(self, spec: ModelSpec) -> LoadedModel:
         t0 = time.monotonic()

@@ -33,6 +33,7 @@ class WorkerRuntime:
     last_task_at: object = None
     _handing_back: set[str] = field(default_factory=set)
     _webhook_pool: ThreadPoolExecutor | None = None
+    training_slot: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(1))
 
     @classmethod
     def create(cls, platform: Platform, hardware: Hardware, queues: list[str]) -> WorkerRuntime:
@@ -44,7 +45,8 @@ class WorkerRuntime:
         cache = ModelCache(model_dir=s.model_dir, device=hardware.device, budget_bytes=budget,
                            max_batch=s.worker_max_batch)
         worker_id = f"llmos-{hardware.gpu_type}-{os.getpid()}@{socket.gethostname()}"
-        return cls(platform=platform, hardware=hardware, worker_id=worker_id, queues=queues, cache=cache)
+        return cls(platform=platform, hardware=hardware, worker_id=worker_id, queues=queues, cache=cache,
+                   training_slot=threading.Semaphore(s.finetune_concurrency))
 
     # ---- running jobs ------------------------------------------------------------------------------------
 

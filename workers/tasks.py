@@ -12,12 +12,11 @@ from flask import current_app
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from app.models import ModelEntry
 from app.queue import RUN_JOB_TASK
-from app.services import jobs, outbox
+from app.services import finetunes, jobs, outbox
 from workers.errors import JobFailure
 from workers.handlers import HANDLERS, JobContext
-from workers.model_cache import ModelSpec
+from workers.model_cache import spec_for
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger("llmos.worker")
@@ -66,9 +65,9 @@ def run_job(self: Any, job_id: str) -> None:
         _store(rt, lambda s: jobs.fail_job(session=s, job_id=job_id, attempt=attempt, code="internal",
                                            message=crash))
     else:
-        stored = _store(rt, lambda s: jobs.complete_job(session=s, job_id=job_id, attempt=attempt, output=output,
-                                                        usage=usage))
-        log.info("job=%s state=succeeded stored=%s tokens=%s", job_id, stored, usage.get("completion_tokens"))
+        stored = _store(rt, _completion(rt, ctx, attempt, output, usage))
+        log.info("job=%s state=succeeded stored=%s tokens=%s", job_id, stored,
+                 usage.get("completion_tokens", usage.get("trained_tokens")))
     finally:
         rt.job_ended(job_id)
 
@@ -78,22 +77,31 @@ def _claim(rt: WorkerRuntime, job_id: str) -> tuple[JobContext, int] | None:
         job = jobs.claim_job(session=session, job_id=job_id, worker_id=rt.worker_id)
         if job is None:
             return None
-        entry = session.get(ModelEntry, job.model)
-        spec = ModelSpec(entry.name, entry.kind, entry.source_type, entry.source, dict(entry.config)) if entry else None
+        spec = spec_for(session, job.model)
         attempt = job.attempts
 
-        def progress(done: int, total: int) -> None:
+        def progress(done: int, total: int, message: str | None = None, **metrics: Any) -> None:
             try:
                 with rt.platform.db.session() as s:
                     jobs.record_progress(session=s, job_id=job_id, attempt=attempt, done=done, total=total,
-                                         message=f"{done}/{total} tokens")
+                                         message=message or f"{done}/{total} tokens", **metrics)
             except TRANSIENT_DB:  # progress is best effort; the outcome write is the one that retries
                 log.warning("job=%s progress not recorded (database unavailable)", job_id)
 
         ctx = JobContext(id=job.id, kind=job.kind, model=spec, input=dict(job.input), params=dict(job.params),
                          timeout_s=job.timeout_s, started=time.monotonic(), cancel=rt.job_started(job_id),
-                         progress=progress)
+                         progress=progress, attempt=attempt)
         return ctx, attempt
+
+
+def _completion(rt: WorkerRuntime, ctx: JobContext, attempt: int, output: dict[str, Any],
+                usage: dict[str, Any]) -> Callable[[Session], bool]:
+    """The outcome write of a success: a fine-tuning job also registers its model in the same transaction."""
+    if ctx.kind == "finetune":
+        adapter = str(finetunes.job_dir(rt.platform.settings, ctx.id) / "adapter")
+        return lambda s: finetunes.complete_finetune(session=s, job_id=ctx.id, attempt=attempt, output=output,
+                                                     usage=usage, adapter_path=adapter)
+    return lambda s: jobs.complete_job(session=s, job_id=ctx.id, attempt=attempt, output=output, usage=usage)
 
 
 def _store(rt: WorkerRuntime, write: Callable[[Session], bool]) -> bool:

@@ -60,6 +60,7 @@ def init_api(app: Flask) -> None:
     api.add_resource(jobs.JobItem, "/jobs/<string:job_id>")
     api.add_resource(jobs.JobCancel, "/jobs/<string:job_id>/cancel")
     api.add_resource(jobs.JobEvents, "/jobs/<string:job_id>/events")
+    api.add_resource(jobs.JobCheckpoints, "/jobs/<string:job_id>/checkpoints")
     api.add_resource(webhooks.JobWebhookDeliveries, "/jobs/<string:job_id>/webhook-deliveries")
     api.add_resource(webhooks.WebhookRedeliver, "/webhook-deliveries/<string:delivery_id>/redeliver")
     api.add_resource(webhooks.WebhookDefaultItem, "/webhooks/default")

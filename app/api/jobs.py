@@ -5,8 +5,8 @@ from flask import request
 from app import platform
 from app.api.base import AuthResource
 from app.errors import InvalidInput
-from app.schemas import event_public, job_public, validate_job
-from app.services import jobs, outbox
+from app.schemas import checkpoint_public, event_public, job_public, validate_job
+from app.services import finetunes, jobs, outbox
 
 
 class JobList(AuthResource):
@@ -64,3 +64,12 @@ class JobEvents(AuthResource):
             rows, next_cursor = jobs.list_events(session=session, owner_id=self.owner_id, job_id=job_id,
                                                  limit=limit, cursor=cursor)
             return {"data": [event_public(e) for e in rows], "next_cursor": next_cursor}
+
+
+class JobCheckpoints(AuthResource):
+    def get(self, job_id: str) -> dict:
+        limit, cursor = self.page_args()
+        with platform().db.session() as session:
+            rows, next_cursor = finetunes.list_checkpoints(session=session, owner_id=self.owner_id, job_id=job_id,
+                                                           limit=limit, cursor=cursor)
+            return {"data": [checkpoint_public(c) for c in rows], "next_cursor": next_cursor}

@@ -9,5 +9,5 @@ from app.services import registry
 class ModelList(AuthResource):
     def get(self) -> dict:
         with platform().db.session() as session:
-            return {"data": [model_public(m) for m in registry.list_models(session=session)],
+            return {"data": [model_public(m) for m in registry.list_models(session=session, owner_id=self.owner_id)],
                     "next_cursor": None}

@@ -52,7 +52,7 @@ class PublishesChunks(Protocol):
 def submit_batch(*, session: Session, settings: Settings, owner_id: int, spec: ValidatedBatch,
                  documents: list[Document]) -> Batch:
     env = spec.envelope
-    entry = registry.get_model(session=session, name=env.model)
+    entry = registry.get_model(session=session, name=env.model, owner_id=owner_id)
     if entry is None:
         raise InvalidInput(f"model {env.model!r} is not in the registry; GET /models lists them",
                            field="model", code="model_not_found")

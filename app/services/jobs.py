@@ -18,7 +18,7 @@ from app.errors import Conflict, InvalidInput, NotFound
 from app.models import TERMINAL, Job, JobEvent, JobStatus, Outbox, utcnow
 from app.queue import ANY, queue_name
 from app.schemas import DEFAULT_WEBHOOK_EVENTS, KINDS, ValidatedJob
-from app.services import registry, webhooks, workers
+from app.services import finetunes, registry, webhooks, workers
 from app.services.pagination import page, paginate
 from app.settings import Settings
 
@@ -77,7 +77,7 @@ def submit_job(
         if existing is not None:
             return _replay(existing, body_hash), False
     env = spec.envelope
-    entry = registry.get_model(session=session, name=env.model)
+    entry = registry.get_model(session=session, name=env.model, owner_id=owner_id)
     if entry is None:
         raise InvalidInput(f"model {env.model!r} is not in the registry; GET /models lists them",
                            field="model", code="model_not_found")
@@ -85,6 +85,11 @@ def submit_job(
     if entry.kind != kind_spec.model_kind:
         raise InvalidInput(f"model {env.model!r} is a {entry.kind} model; {env.kind} jobs need "
                            f"a {kind_spec.model_kind} model", field="model")
+    timeout_s = env.timeout_s or settings.default_timeout_s
+    if env.kind == "finetune":
+        finetunes.check_submission(session=session, settings=settings, owner_id=owner_id, base=entry,
+                                   input=spec.input, params=spec.params)
+        timeout_s = env.timeout_s or settings.max_timeout_s
     requested = [env.gpu] if isinstance(env.gpu, str) else env.gpu
     gpu, queue, warning = route(session=session, kind=env.kind, requested=requested,
                                 model_default=entry.default_gpu,
@@ -95,7 +100,7 @@ def submit_job(
     job = Job(
         id=new_id("job"), owner_id=owner_id, kind=env.kind, model=env.model, input=spec.input,
         params=spec.params, gpu=gpu, queue=queue, priority=env.priority, status=JobStatus.queued.value,
-        timeout_s=env.timeout_s or settings.default_timeout_s, metadata_=env.metadata,
+        timeout_s=timeout_s, metadata_=env.metadata,
         idempotency_key=idempotency_key, request_hash=body_hash,
         webhook=webhook, webhook_events=list(webhook_events or DEFAULT_WEBHOOK_EVENTS) if webhook else None,
     )
@@ -272,16 +277,17 @@ def fail_job(*, session: Session, job_id: str, attempt: int, code: str, message:
 
 
 def record_progress(*, session: Session, job_id: str, attempt: int, done: int, total: int,
-                    message: str = "") -> bool:
+                    message: str = "", **metrics: Any) -> bool:
+    """job.progress = {done, total, fraction, message, **metrics}; a `progress` event and webhook with the same."""
     progress = {"done": done, "total": total, "fraction": round(done / total, 4) if total else None,
-                "message": message}
+                "message": message, **metrics}
     res = session.execute(
         update(Job).where(Job.id == job_id, Job.status == JobStatus.running.value, Job.attempts == attempt)
         .values(progress=progress)
     )
     if res.rowcount != 1:
         return False
-    add_event(session, job_id, "progress", message or f"{done}/{total}", done=done, total=total)
+    add_event(session, job_id, "progress", message or f"{done}/{total}", done=done, total=total, **metrics)
     webhooks.job_event(session, job_id, "job.progress")
     return True
 

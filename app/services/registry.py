@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from app.errors import InvalidInput
 from app.models import ModelEntry
 
-SOURCE_TYPES = ("hf_dir", "gguf", "package", "random")
+SOURCE_TYPES = ("hf_dir", "gguf", "package", "random", "adapter")
 MODEL_KINDS = ("causal-lm", "embedding")
 
 TINY_LLAMA_CONFIG: dict[str, Any] = {
@@ -85,9 +85,16 @@ def add_model(
     return entry
 
 
-def get_model(*, session: Session, name: str) -> ModelEntry | None:
-    return session.get(ModelEntry, name)
+def get_model(*, session: Session, name: str, owner_id: int | None = None) -> ModelEntry | None:
+    """The entry named `name` if `owner_id` may use it: shared models, and fine-tuned models of its own."""
+    entry = session.get(ModelEntry, name)
+    if entry is None or (entry.owner_id is not None and entry.owner_id != owner_id):
+        return None
+    return entry
 
 
-def list_models(*, session: Session) -> list[ModelEntry]:
-    return list(session.scalars(select(ModelEntry).order_by(ModelEntry.created_at.desc(), ModelEntry.name)))
+def list_models(*, session: Session, owner_id: int | None = None, everyone: bool = False) -> list[ModelEntry]:
+    stmt = select(ModelEntry).order_by(ModelEntry.created_at.desc(), ModelEntry.name)
+    if not everyone:
+        stmt = stmt.where(or_(ModelEntry.owner_id.is_(None), ModelEntry.owner_id == owner_id))
+    return list(session.scalars(stmt))

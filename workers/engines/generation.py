@@ -5,6 +5,9 @@ future. The engine keeps one running batch (continuous batching): between decode
 is waiting (up to `max_batch` rows in all) and merges it into the batch's left-padded KV cache; it samples
 each row with that request's own parameters and generator, and settles each future as its row ends (eos,
 stop string, length, cancel or timeout), dropping the row from the batch at once.
+
+Fine-tuned models share their base's engine: their LoRA adapters are loaded onto the one base model (peft), and
+a forward pass names each row's adapter, so requests for the base and for any of its adapters batch together.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class GenRequest:
     cancel: threading.Event = field(default_factory=threading.Event)
     future: Future = field(default_factory=Future)
     produced: int = 0  # tokens generated so far (read by the task thread for progress)
+    adapter: str | None = None  # a LoRA adapter loaded on this engine's model (a fine-tuned model); None: base
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,32 @@ class GenerationEngine:
         self._thread: threading.Thread | None = None
         self._stopped = False
         self.batches = 0
+        self.peft: Any = None  # the base wrapped by peft once an adapter is loaded; self.model stays the base
+        self.forward_lock = threading.Lock()  # held by every forward pass and by adapter loading
+
+    def add_adapter(self, key: str, path: str) -> None:
+        """Load a LoRA adapter onto the base model. Calls of the bare model keep giving the base model's output:
+        every adapter layer is left inactive, and only a forward through `self.peft` naming the adapter uses it."""
+        from peft import PeftModel
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        with self.forward_lock:
+            if self.peft is None:
+                self.peft = PeftModel.from_pretrained(self.model, path, adapter_name=key,
+                                                      autocast_adapter_dtype=False)
+            else:
+                self.peft.load_adapter(path, adapter_name=key, autocast_adapter_dtype=False)
+            for module in self.model.modules():
+                if isinstance(module, BaseTunerLayer):
+                    module.set_adapter([])
+            self.peft.eval()
+
+    def forward(self, adapters: list[str | None], **inputs: Any) -> Any:
+        """One forward pass of the batch whose row i uses adapter adapters[i] (None: the base model)."""
+        with self.forward_lock:
+            if self.peft is not None and any(adapters):
+                return self.peft(**inputs, adapter_names=[a or "__base__" for a in adapters])
+            return self.model(**inputs)
 
     # ---- public ------------------------------------------------------------------------------------------
 
@@ -174,8 +204,8 @@ class GenerationEngine:
         ids, attn = ids.to(self.device), attn.to(self.device)
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
-        logits = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
-                            use_cache=True).logits[:, -1, :]
+        logits = self.forward([r.adapter for r in reqs], input_ids=ids, attention_mask=attn, position_ids=pos,
+                              past_key_values=cache, use_cache=True).logits[:, -1, :]
         rows = [_Row(r, _generator(r.seed, self.device), next_pos=lens[i]) for i, r in enumerate(reqs)]
         fresh = _Batch(rows, cache, attn, logits)
         merged = fresh if batch is None else batch.merge(fresh)
@@ -288,8 +318,9 @@ class _Batch:
         pos = torch.tensor([[r.next_pos] for r in self.rows], device=self.attn.device)
         for r in self.rows:
             r.next_pos += 1
-        self.logits = eng.model(input_ids=self.last[:, None], attention_mask=self.attn, position_ids=pos,
-                                past_key_values=self.cache, use_cache=True).logits[:, -1, :]
+        self.logits = eng.forward([r.req.adapter for r in self.rows], input_ids=self.last[:, None],
+                                  attention_mask=self.attn, position_ids=pos, past_key_values=self.cache,
+                                  use_cache=True).logits[:, -1, :]
 
     def fail_all(self, failure: JobFailure) -> None:
         for row in self.rows:

@@ -1,0 +1,142 @@
+"""Fine-tuning: what is checked at submit, checkpoints, and the new model registered when a job succeeds.
+
+The training itself runs on a worker (workers/engines/finetune.py); this module is the database side of it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.errors import InvalidInput, NotFound
+from app.models import Checkpoint, File, Job, JobStatus, ModelEntry
+from app.services import datasets
+from app.services.pagination import page, paginate
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FILE_FIELDS = ("training_file", "validation_file")
+
+
+def model_name(base: str, suffix: str | None, job_id: str) -> str:
+    """`<base>:ft-<suffix>-<short id>`, the name a finished job registers (OpenAI-style `ft:` names)."""
+    short = job_id.removeprefix("job_")[:8]
+    return f"{base}:ft-{suffix}-{short}" if suffix else f"{base}:ft-{short}"
+
+
+def job_dir(settings: Settings, job_id: str) -> Path:
+    assert settings.finetune_dir is not None
+    return settings.finetune_dir / job_id
+
+
+def dataset_file(*, session: Session, owner_id: int, file_id: str, field: str) -> File:
+    row = session.get(File, file_id)
+    if row is None or row.owner_id != owner_id:
+        raise InvalidInput(f"{field}: no file {file_id!r}; upload it with POST /files (purpose fine-tune)",
+                           field=f"input.{field}", code="file_not_found")
+    if row.purpose != "fine-tune":
+        raise InvalidInput(f"{field}: file {file_id} was uploaded for {row.purpose!r}; training data needs "
+                           "purpose 'fine-tune'", field=f"input.{field}")
+    return row
+
+
+def check_submission(*, session: Session, settings: Settings, owner_id: int, base: ModelEntry,
+                     input: dict[str, Any], params: dict[str, Any]) -> None:
+    """422 now for what can be known now: the base model, the files, and (when small enough to read during
+    a request) every line of them."""
+    if base.base_model is not None:
+        raise InvalidInput(f"model {base.name!r} is itself fine-tuned; fine-tune its base {base.base_model!r}",
+                           field="model")
+    if len(model_name(base.name, params.get("suffix"), "job_" + "0" * 8)) > 200:
+        raise InvalidInput("the fine-tuned model's name would be longer than 200 characters; shorten the suffix",
+                           field="params.suffix")
+    for field in FILE_FIELDS:
+        if input.get(field) is None:
+            continue
+        row = dataset_file(session=session, owner_id=owner_id, file_id=input[field], field=field)
+        if row.bytes > settings.finetune_check_max_bytes:
+            continue  # the worker checks it before training
+        try:
+            datasets.check_file(Path(row.path))
+        except datasets.DatasetError as exc:
+            raise InvalidInput(f"{field} {row.id}: {exc}", field=f"input.{field}", code="invalid_file") from None
+        except OSError as exc:
+            raise InvalidInput(f"{field} {row.id} cannot be read: {exc.strerror}", field=f"input.{field}",
+                               code="invalid_file") from None
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------------
+
+
+def add_checkpoint(*, session: Session, job_id: str, attempt: int, step: int, total_steps: int, epoch: int,
+                   reason: str, path: str, metrics: dict[str, Any], keep: int) -> list[str] | None:
+    """Record a checkpoint the worker saved; only the job's current attempt may (a lost worker that is
+    still running writes nothing). The newest `keep` stay; the rows of older ones are deleted and their
+    directories returned, for the worker to remove once this commits. None: not the current attempt."""
+    from app.services.jobs import add_event, new_id
+
+    current = session.execute(
+        update(Job).where(Job.id == job_id, Job.attempts == attempt,
+                          Job.status.in_((JobStatus.running.value, JobStatus.cancelling.value)))
+        .values(updated_at=Job.updated_at)  # a no-op write that locks the row against a concurrent hand-back
+    ).rowcount
+    if current != 1:
+        return None
+    ckpt = Checkpoint(id=new_id("ckpt"), job_id=job_id, attempt=attempt, step=step, total_steps=total_steps,
+                      epoch=epoch, reason=reason, path=path, metrics=metrics)
+    session.add(ckpt)
+    add_event(session, job_id, "checkpoint", f"checkpoint at step {step}/{total_steps} ({reason})",
+              checkpoint_id=ckpt.id, step=step, epoch=epoch, reason=reason, **metrics)
+    session.flush()
+    old = session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)
+                          .order_by(Checkpoint.step.desc(), Checkpoint.created_at.desc()).offset(keep)).all()
+    for row in old:
+        session.delete(row)
+    return [row.path for row in old]
+
+
+def latest_checkpoint(*, session: Session, job_id: str) -> Checkpoint | None:
+    return session.scalar(select(Checkpoint).where(Checkpoint.job_id == job_id)
+                          .order_by(Checkpoint.step.desc(), Checkpoint.created_at.desc()).limit(1))
+
+
+def list_checkpoints(*, session: Session, owner_id: int, job_id: str, limit: int,
+                     cursor: str | None) -> tuple[list[Checkpoint], str | None]:
+    from app.services.jobs import get_job
+
+    job = get_job(session=session, owner_id=owner_id, job_id=job_id)
+    if job.kind != "finetune":
+        raise NotFound(f"job {job_id} is a {job.kind} job; only fine-tuning jobs have checkpoints",
+                       code="not_found")
+    stmt = paginate(select(Checkpoint).where(Checkpoint.job_id == job_id), created=Checkpoint.created_at,
+                    key=Checkpoint.id, cursor=cursor, limit=limit)
+    return page(list(session.scalars(stmt)), limit, "created_at", "id")
+
+
+# ---- the result ----------------------------------------------------------------------------------------
+
+
+def complete_finetune(*, session: Session, job_id: str, attempt: int, output: dict[str, Any],
+                      usage: dict[str, Any], adapter_path: str) -> bool:
+    """Succeed the job and register its model in one transaction: a user who sees `succeeded` can use
+    `output.model` at once."""
+    from app.services.jobs import complete_job
+
+    job = session.get(Job, job_id)
+    if job is None:
+        return False
+    base = session.get(ModelEntry, job.model)
+    if not complete_job(session=session, job_id=job_id, attempt=attempt, output=output, usage=usage):
+        return False
+    session.add(ModelEntry(
+        name=output["model"], kind="causal-lm", source_type="adapter", source=adapter_path, base_model=job.model,
+        adapter_path=adapter_path, default_gpu=base.default_gpu if base else None, owner_id=job.owner_id,
+        job_id=job_id, config={"lora": job.params.get("lora", {})},
+    ))
+    session.flush()
+    return True
