@@ -260,8 +260,11 @@ def test_finetune_learns_and_the_new_model_serves(client, key, app, pg, redis_ur
     tuned = {c: generate(client, key, name, prompt=prompt_of(c)) for c, _ in CAPITALS}
     chats = {q: generate(client, key, name, messages=[{"role": "user", "content": q}]) for q, _ in CHATS}
     base_after = {c: generate(client, key, LEARNER, prompt=prompt_of(c)) for c, _ in CAPITALS}
-    text = {j: wait_status(client, key, j, ("succeeded", "failed"))["output"]["text"]
-            for j in [*tuned.values(), *chats.values(), *base_before.values(), *base_after.values()]}
+    text = {}
+    for j in [*tuned.values(), *chats.values(), *base_before.values(), *base_after.values()]:
+        body = wait_status(client, key, j, ("succeeded", "failed"))
+        assert body["status"] == "succeeded", (body, w.log()[-4000:])
+        text[j] = body["output"]["text"]
     for country, answer in CAPITALS:
         assert text[tuned[country]] == f" {answer}", (country, text[tuned[country]])
         assert text[base_before[country]] != f" {answer}"

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,6 +29,12 @@ CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
     "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+# Building a model is not thread-safe in transformers: from_pretrained patches module construction process-wide
+# (empty-weight init on the meta device), so a model built in another thread at the same time can come out with
+# meta tensors. Every build in a worker (cache loads, a trainer's copy, adapters, conversions) holds this lock.
+BUILD_LOCK = threading.RLock()
 
 
 class Loader(Protocol):
@@ -117,9 +124,10 @@ class RandomLoader:
         if (target / "config.json").exists():
             return target
         tok = byte_tokenizer()
-        arch = {k: v for k, v in config.items() if k not in ("architecture", "tokenizer", "seed")}
-        cfg = AutoConfig.for_model(
-            config.get("architecture", source), vocab_size=len(tok), eos_token_id=tok.eos_token_id,
+        arch = {k: v for k, v in config.items() if k not in ("architecture", "tokenizer", "seed", "vocab_size")}
+        cfg = AutoConfig.for_model(  # a real model's vocab_size keeps its shape; the byte tokenizer uses the start
+            config.get("architecture", source), vocab_size=max(len(tok), config.get("vocab_size", 0)),
+            eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id, bos_token_id=None, tie_word_embeddings=True, **arch,
         )
         torch.manual_seed(int(config.get("seed", 0)))
@@ -143,4 +151,5 @@ def materialise(*, name: str, source_type: str, source: str, config: dict[str, A
     loader = LOADERS.get(source_type)
     if loader is None:
         raise JobFailure("model_not_found", f"model {name!r} has unknown source type {source_type!r}")
-    return loader.materialise(name=name, source=source, config=config, model_dir=model_dir)
+    with BUILD_LOCK:
+        return loader.materialise(name=name, source=source, config=config, model_dir=model_dir)

@@ -71,7 +71,7 @@ class ModelCache:
         self.max_batch = max_batch
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
-        self._load_lock = threading.Lock()  # one cold load at a time: loads race inside transformers
+        self._load_lock = threading.Lock()  # concurrent requests for one cold model wait for its one load
         self.hits = 0
         self.cold_loads = 0
 
@@ -129,8 +129,9 @@ class ModelCache:
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         auto = AutoModel if spec.kind == "embedding" else AutoModelForCausalLM
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            model = auto.from_pretrained(path, dtype=dtype).to(self.device).eval()
+            with loaders.BUILD_LOCK:
+                tokenizer = AutoTokenizer.from_pretrained(path)
+                model = auto.from_pretrained(path, dtype=dtype).to(self.device).eval()
         except torch.cuda.OutOfMemoryError:
             raise JobFailure("out_of_memory", f"model {spec.name!r} does not fit in GPU memory") from None
         except OSError as exc:

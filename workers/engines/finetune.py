@@ -27,6 +27,7 @@ from peft.utils import load_peft_weights
 from transformers import AutoModelForCausalLM
 
 from workers.errors import JobFailure
+from workers.loaders import BUILD_LOCK
 
 log = logging.getLogger(__name__)
 
@@ -115,16 +116,17 @@ class LoraTrainer:
         self.train, self.valid, self.pad_id = train, valid, pad_id
         self.autocast = self.device.type == "cuda"
         dtype = torch.bfloat16 if self.autocast else torch.float32
-        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
-        base.config.use_cache = False
         lora = params["lora"]
         config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
                             target_modules=lora.get("target_modules") or "all-linear", task_type="CAUSAL_LM")
-        torch.manual_seed(params["seed"])  # the adapter's initial weights
-        try:
-            self.model = get_peft_model(base, config).to(self.device)
-        except ValueError as exc:  # e.g. target modules that the model does not have
-            raise JobFailure("invalid_input", f"params.lora: {exc}") from None
+        with BUILD_LOCK:
+            base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
+            base.config.use_cache = False
+            torch.manual_seed(params["seed"])  # the adapter's initial weights
+            try:
+                self.model = get_peft_model(base, config).to(self.device)
+            except ValueError as exc:  # e.g. target modules that the model does not have
+                raise JobFailure("invalid_input", f"params.lora: {exc}") from None
         self.model.train()
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.trainable_params = sum(p.numel() for p in trainable)

@@ -85,7 +85,9 @@ class GenerationEngine:
         from peft import PeftModel
         from peft.tuners.tuners_utils import BaseTunerLayer
 
-        with self.forward_lock:
+        from workers.loaders import BUILD_LOCK
+
+        with self.forward_lock, BUILD_LOCK:
             if self.peft is None:
                 self.peft = PeftModel.from_pretrained(self.model, path, adapter_name=key,
                                                       autocast_adapter_dtype=False)
