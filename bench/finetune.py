@@ -82,7 +82,8 @@ def baseline(model_path: Path, rows: list[dict], args: argparse.Namespace, devic
     tokens = 0
     t_train = time.monotonic()
     for epoch in range(args.epochs):
-        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(epoch)).tolist()
+        # the platform's batch order (seed 0): same batches, same padding
+        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(epoch + 1)).tolist()
         for start in range(0, len(order), args.batch_size):
             batch = [examples[i] for i in order[start:start + args.batch_size]]
             width = max(len(ids) for ids, _ in batch)

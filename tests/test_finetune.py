@@ -271,6 +271,19 @@ def test_finetune_learns_and_the_new_model_serves(client, key, app, pg, redis_ur
         assert text[base_after[country]] == text[base_before[country]]  # the base is untouched by its adapter
     for question, answer in CHATS:
         assert text[chats[question]] == answer
+    # a batch on the fine-tuned model (its chunk runs on the same base engine, rows naming the adapter)
+    r = client.post("/batches", headers=auth(key), json={
+        "model": name, "documents": [{"custom_id": c, "text": prompt_of(c)} for c, _ in CAPITALS],
+        "task": {"type": "generate", "template": "{text}"}, "params": {"max_new_tokens": 12, "temperature": 0}})
+    assert r.status_code == 202, r.get_json()
+    deadline = time.monotonic() + 60
+    while (b := client.get(f"/batches/{r.get_json()['id']}", headers=auth(key)).get_json())["status"] not in (
+            "succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert b["status"] == "succeeded", b
+    out = client.get(f"/files/{b['output_file_id']}/content", headers=auth(key)).get_data().decode().splitlines()
+    assert {x["custom_id"]: x["output"]["text"] for x in map(json.loads, out)} == {c: f" {a}" for c, a in CAPITALS}
 
     other = make_key(app, "mallory")
     assert name not in [m["id"] for m in client.get("/models", headers=auth(other)).get_json()["data"]]

@@ -140,6 +140,7 @@ class LoraTrainer:
         self.trained_tokens = 0
         self.train_seconds = 0.0
         self.last_metrics: dict[str, Any] = {}
+        self._order: tuple[int, list[int]] = (0, [])
 
     # ---- batches
 
@@ -148,11 +149,13 @@ class LoraTrainer:
         return (step - 1) // self.steps_per_epoch + 1
 
     def batch_indices(self, step: int) -> list[int]:
+        """The examples of step `step`: a shuffle fixed by (seed, epoch), so a resumed run repeats none."""
         epoch = self.epoch_of(step)
-        gen = torch.Generator().manual_seed(self.params["seed"] * 1_000_003 + epoch)
-        order = torch.randperm(len(self.train), generator=gen).tolist()
+        if self._order[0] != epoch:
+            gen = torch.Generator().manual_seed(self.params["seed"] * 1_000_003 + epoch)
+            self._order = (epoch, torch.randperm(len(self.train), generator=gen).tolist())
         start = ((step - 1) % self.steps_per_epoch) * self.batch_size
-        return order[start:start + self.batch_size]
+        return self._order[1][start:start + self.batch_size]
 
     def collate(self, items: list[Encoded]) -> dict[str, torch.Tensor]:
         width = max(len(e.input_ids) for e in items)
