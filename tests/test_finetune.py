@@ -293,6 +293,7 @@ def test_finetune_learns_and_the_new_model_serves(client, key, app, pg, redis_ur
     assert r.status_code == 404
     r = finetune(client, key, train, model=name)
     assert r[0] == 422 and "fine-tune its base" in r[1]["error"]["message"]
+    assert client.get(f"/models/{name}", headers=auth(key)).get_json()["base_model"] == LEARNER
     from app.models import Worker
 
     deadline = time.monotonic() + 10
@@ -303,6 +304,18 @@ def test_finetune_learns_and_the_new_model_serves(client, key, app, pg, redis_ur
             break
         time.sleep(0.2)
     assert loaded == [LEARNER, name]
+
+    # deleting: only its owner, only fine-tuned models; the adapter goes with it
+    assert client.delete(f"/models/{name}", headers=auth(other)).status_code == 404
+    r = client.delete(f"/models/{LEARNER}", headers=auth(key))
+    assert r.status_code == 403 and r.get_json()["error"]["code"] == "forbidden"
+    adapter_dir = Path(app.extensions["llmos"].settings.finetune_dir) / job["id"] / "adapter"
+    assert (adapter_dir / "adapter_model.safetensors").is_file()
+    r = client.delete(f"/models/{name}", headers=auth(key))
+    assert r.status_code == 200 and r.get_json() == {"id": name, "object": "model", "deleted": True}
+    assert not adapter_dir.exists() and client.get(f"/models/{name}", headers=auth(key)).status_code == 404
+    r = client.post("/jobs", json={"kind": "generate", "model": name, "input": {"prompt": "x"}}, headers=auth(key))
+    assert r.status_code == 422 and r.get_json()["error"]["code"] == "model_not_found"
 
 
 def test_bad_training_files_are_422_at_submit_or_fail_the_job(client, key, app, make_app, pg, redis_url,

@@ -73,6 +73,7 @@ def init_api(app: Flask) -> None:
     api.add_resource(batches.BatchItem, "/batches/<string:batch_id>")
     api.add_resource(batches.BatchCancel, "/batches/<string:batch_id>/cancel")
     api.add_resource(models.ModelList, "/models")
+    api.add_resource(models.ModelItem, "/models/<path:name>")
     api.add_resource(workers.WorkerList, "/workers")
 
     @app.before_request

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from app.errors import InvalidInput
+from app.errors import ApiError, InvalidInput, NotFound
 from app.models import ModelEntry
 
 SOURCE_TYPES = ("hf_dir", "gguf", "package", "random", "adapter")
@@ -91,6 +91,25 @@ def get_model(*, session: Session, name: str, owner_id: int | None = None) -> Mo
     if entry is None or (entry.owner_id is not None and entry.owner_id != owner_id):
         return None
     return entry
+
+
+def get_visible(*, session: Session, name: str, owner_id: int) -> ModelEntry:
+    entry = get_model(session=session, name=name, owner_id=owner_id)
+    if entry is None:
+        raise NotFound(f"no model {name!r}", code="model_not_found")
+    return entry
+
+
+def delete_model(*, session: Session, name: str, owner_id: int) -> str | None:
+    """Delete a fine-tuned model of the owner's; returns its adapter directory, to remove after commit. Jobs
+    already queued for it fail with `model_not_found`; shared models are the operator's (`llmos models`)."""
+    entry = get_visible(session=session, name=name, owner_id=owner_id)
+    if entry.owner_id is None:
+        raise ApiError(f"model {name!r} is shared; you can delete only the fine-tuned models you own",
+                       code="forbidden", status=403)
+    session.delete(entry)
+    session.flush()
+    return entry.adapter_path
 
 
 def list_models(*, session: Session, owner_id: int | None = None, everyone: bool = False) -> list[ModelEntry]:
