@@ -415,7 +415,6 @@ def test_killed_worker_resumes_from_checkpoint_and_cancel_keeps_one(make_app, pg
     assert cancelled["status"] == "cancelled" and cancelled["error"]["code"] == "cancelled"
     ckpts = checkpoints(second["id"])
     assert ckpts and ckpts[0]["reason"] in ("cancelled", "epoch") and ckpts[0]["step"] < 50 * 32
-    assert Path(app.extensions["llmos"].settings.finetune_dir, second["id"], "checkpoints").is_dir()
-    adapter = Path(app.extensions["llmos"].settings.finetune_dir, second["id"], "checkpoints")
-    newest = adapter / f"step-{ckpts[0]['step']:06d}-attempt-1"
+    on_disk = Path(app.extensions["llmos"].settings.finetune_dir, second["id"], "checkpoints")
+    newest = on_disk / f"step-{ckpts[0]['step']:06d}-attempt-1"
     assert (newest / "adapter_model.safetensors").is_file() and (newest / "trainer_state.pt").is_file()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,23 +33,20 @@ def run_finetune(ctx: JobContext, rt: WorkerRuntime) -> tuple[dict[str, Any], di
         return _train(ctx, rt)
 
 
-class _training_slot:  # noqa: N801 - used as a context manager
+@contextmanager
+def _training_slot(ctx: JobContext, rt: WorkerRuntime) -> Iterator[None]:
     """At most `finetune_concurrency` trainings per worker; a job waiting for the slot can still be cancelled."""
-
-    def __init__(self, ctx: JobContext, rt: WorkerRuntime) -> None:
-        self.ctx, self.rt = ctx, rt
-
-    def __enter__(self) -> None:
-        told = False
-        while not self.rt.training_slot.acquire(timeout=1.0):
-            if self.ctx.cancel.is_set():
-                raise JobFailure("cancelled", "cancelled while waiting for a training slot")
-            if not told:
-                self.ctx.progress(0, 1, "waiting for this worker's training slot")
-                told = True
-
-    def __exit__(self, *exc: object) -> None:
-        self.rt.training_slot.release()
+    told = False
+    while not rt.training_slot.acquire(timeout=1.0):
+        if ctx.cancel.is_set():
+            raise JobFailure("cancelled", "cancelled while waiting for a training slot")
+        if not told:
+            ctx.progress(0, 1, "waiting for this worker's training slot")
+            told = True
+    try:
+        yield
+    finally:
+        rt.training_slot.release()
 
 
 def _event(rt: WorkerRuntime, job_id: str, type_: str, message: str, **data: Any) -> None:

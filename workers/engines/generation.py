@@ -26,6 +26,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from workers.errors import JobFailure
+from workers.loaders import BUILD_LOCK
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,6 @@ class GenerationEngine:
         every adapter layer is left inactive, and only a forward through `self.peft` naming the adapter uses it."""
         from peft import PeftModel
         from peft.tuners.tuners_utils import BaseTunerLayer
-
-        from workers.loaders import BUILD_LOCK
 
         with self.forward_lock, BUILD_LOCK:
             if self.peft is None:
