@@ -15,16 +15,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app.errors import InvalidInput
+from app.kinds.generate import GenerateParams, check_generate_params
 from app.models import Batch, File
-from app.schemas import (
-    GenerateParams,
-    JobCreate,
-    check_generate_params,
-    check_webhook_url,
-    iso,
-    parse,
-    validation_error,
-)
+from app.schemas import JobCreate, check_webhook_url, iso, parse, validation_error
 from app.settings import Settings
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -156,35 +157,35 @@ def worker(gpu_type: str | None, queues: str | None, concurrency: int | None, lo
                loglevel=loglevel)
 
 
+def _scheduler(platform: Any) -> Any:
+    from app.services.scheduler import Scheduler
+
+    return Scheduler(db=platform.db, settings=platform.settings, publisher=platform.publisher,
+                     queue_depth=platform.publisher.queue_depth)
+
+
 @main.command()
-@click.option("--once", is_flag=True, help="one pass, then exit")
-def reconciler(once: bool) -> None:
-    """Run the reconciler on its own (every worker also runs one): publish what the outbox still holds,
-    hand back the jobs of workers that stopped heart-beating, re-publish queued jobs whose message is gone."""
+@click.option("--once", is_flag=True, help="one pass of every duty, then exit")
+def scheduler(once: bool) -> None:
+    """Run the scheduler: the outbox relay, the reconciler (jobs of lost workers, lost messages), time limits,
+    batch finalisation and webhook deliveries. Run one (or two: only one is active at a time)."""
     import logging
 
     from app import create_app
-    from app.services import batches, outbox
-    from app.services import reconciler as rec
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    p = create_app().extensions["llmos"]
-    s = p.settings
-    while True:
-        try:
-            sent = outbox.relay(db=p.db, publisher=p.publisher)
-            report = rec.recover_lost_jobs(db=p.db, stale_after_s=s.worker_lost_after_s)
-            republished = rec.republish_stranded(db=p.db, queue_depth=p.publisher.queue_depth,
-                                                 older_than_s=s.republish_after_s)
-            batches.relay(db=p.db, publisher=p.publisher)
-            batches.reconcile(db=p.db, settings=s, queue_depth=p.publisher.queue_depth)
-            click.echo(f"relayed={sent} requeued={report.requeued} failed={report.failed} "
-                       f"cancelled={report.cancelled} republished={republished}", err=True)
-        except Exception as exc:  # noqa: BLE001 - a database or broker blip must not end the loop
-            click.echo(f"reconcile pass failed: {exc.__class__.__name__}: {exc}", err=True)
-        if once:
-            return
-        time.sleep(s.reconcile_interval_s)
+    sched = _scheduler(create_app().extensions["llmos"])
+    if once:
+        if not sched.leadership.acquire():
+            raise click.ClickException("another scheduler is active")
+        r = sched.once()
+        sched.leadership.release()
+        click.echo(f"requeued={r.requeued} failed={r.failed} cancelled={r.cancelled} republished={r.republished} "
+                   f"expired={r.expired}", err=True)
+        return
+    signal.signal(signal.SIGTERM, lambda *a: sched.request_stop())
+    with contextlib.suppress(KeyboardInterrupt):
+        sched.run()
 
 
 def _http(method: str, url: str, key: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -213,7 +214,10 @@ def _wait_healthy(base: str, procs: list[subprocess.Popen], timeout: float = 60)
 @click.option("--port", default=8000, type=int)
 @click.option("--demo", is_flag=True, help="once up, submit one SmolLM2 job and print its result")
 def dev(host: str, port: int, demo: bool) -> None:
-    """API + worker on this machine with no services: SQLite and a filesystem broker under LLMOS_DATA_DIR."""
+    """API + worker + scheduler (in this process) on this machine with no services: SQLite and a filesystem
+    broker under LLMOS_DATA_DIR."""
+    from app import create_app
+
     settings = load_settings()
     click.echo(f"data in {settings.data_dir} (database {settings.database_url}, broker {settings.broker_url})",
                err=True)
@@ -234,6 +238,9 @@ def dev(host: str, port: int, demo: bool) -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
 
+    sched = _scheduler(create_app().extensions["llmos"])
+    sched.start()
+
     signal.signal(signal.SIGTERM, lambda *a: (_stop(), sys.exit(0)))
     try:
         base = f"http://{host}:{port}"
@@ -247,6 +254,7 @@ def dev(host: str, port: int, demo: bool) -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        sched.stop()
         _stop()
 
 

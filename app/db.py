@@ -2,27 +2,39 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.settings import Settings
 
+if TYPE_CHECKING:
+    from app.jobs.signals import Bus
+
+T = TypeVar("T")
+
 
 class Database:
-    """One engine and session factory per process (the API and each worker build their own)."""
+    """One engine and session factory per process (the API and each worker build their own).
 
-    def __init__(self, url: str) -> None:
+    The pool is at least as large as the threads that use it (`pool_size`), and has no pre-ping on checkout:
+    `run` retries a unit of work once when its connection turns out dead (after a database restart)."""
+
+    def __init__(self, url: str, *, bus: Bus | None = None, pool_size: int = 10) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, pool_size=pool_size)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        self.bus = bus
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A unit of work: commits on success, rolls back on error, always closes."""
+        """A unit of work: commits on success, rolls back on error, always closes. The wake-ups its transitions
+        noted (app.jobs.lifecycle.note) are sent after the commit."""
         session = self.sessionmaker()
         try:
             yield session
@@ -31,13 +43,27 @@ class Database:
             session.rollback()
             raise
         finally:
+            notes = session.info.pop("llmos.signals", None)
             session.close()
+        if notes and self.bus is not None:
+            self.bus.publish(notes)
+
+    def run(self, work: Callable[[Session], T]) -> T:
+        """`work` in one transaction; once more on a fresh connection if the first one was dead."""
+        try:
+            with self.session() as session:
+                return work(session)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+        with self.session() as session:
+            return work(session)
 
     def dispose(self) -> None:
         self.engine.dispose()
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -47,7 +73,7 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_size=pool_size, max_overflow=10, pool_recycle=3600)
 
 
 def _sqlite_setup(engine: Engine) -> None:
@@ -68,5 +94,5 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def database_from_settings(settings: Settings) -> Database:
-    return Database(settings.database_url)
+def database_from_settings(settings: Settings, **kwargs: Any) -> Database:
+    return Database(settings.database_url, **kwargs)

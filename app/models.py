@@ -2,36 +2,39 @@
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Dialect, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class JobStatus(str, enum.Enum):
-    queued = "queued"
-    running = "running"
-    cancelling = "cancelling"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on the way in and out, on every database: SQLite stores no zone and hands back naive
+    values, which this turns back into aware ones, so no caller ever compares naive with aware."""
 
-    @property
-    def terminal(self) -> bool:
-        return self in TERMINAL
+    impl = DateTime(timezone=True)
+    cache_ok = True
 
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
-TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+    type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime()}
 
 
 class Owner(Base):
@@ -61,13 +64,16 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(32))
-    model: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str | None] = mapped_column(String(200), default=None)  # None for kinds that need none (echo)
     input: Mapped[dict[str, Any]] = mapped_column(JSON)
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     gpu: Mapped[list[str]] = mapped_column(JSON)
     queue: Mapped[str] = mapped_column(String(64))
     priority: Mapped[int] = mapped_column(Integer, default=5)
-    status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued.value)
+    # a batch's chunk is a job with its batch as parent: claimed, run, stored and recovered like any other
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), default=None,
+                                                 index=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # app.jobs.states.JobStatus
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     timeout_s: Mapped[int] = mapped_column(Integer)
@@ -241,7 +247,7 @@ class Batch(Base):
     __table_args__ = (Index("ix_batches_owner_created", "owner_id", "created_at", "id"),)
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"))
-    status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued.value)
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # app.jobs.states.JobStatus
     task: Mapped[dict[str, Any]] = mapped_column(JSON)
     model: Mapped[str] = mapped_column(String(200))
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -266,20 +272,6 @@ class Batch(Base):
     cancel_requested_at: Mapped[datetime | None] = mapped_column(default=None)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
-
-class BatchChunk(Base):
-    """A GPU-sized slice of a batch: one broker message. `sent_at` makes the table the batches' outbox; the
-    claim is compare-and-set on `status` (queued -> running), so a duplicate delivery does nothing."""
-
-    __tablename__ = "batch_chunks"
-    __table_args__ = (Index("ix_batch_chunks_status", "status", "sent_at"),)
-    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True)
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | running | done | cancelled
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    worker_id: Mapped[str | None] = mapped_column(String(255), default=None)
-    claimed_at: Mapped[datetime | None] = mapped_column(default=None)
-    sent_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class BatchItem(Base):

@@ -13,7 +13,6 @@ if TYPE_CHECKING:
     from flask import Flask
 
 RUN_JOB_TASK = "llmos.run_job"
-RUN_CHUNK_TASK = "llmos.run_batch_chunk"
 EXCHANGE = Exchange("llmos", type="direct", durable=True)
 MAX_PRIORITY = 9
 
@@ -120,18 +119,6 @@ class Publisher:
             self.celery.send_task(
                 RUN_JOB_TASK,
                 args=[job_id],
-                queue=make_queue(queue),
-                priority=broker_priority(self.broker_url, priority),
-                producer=producer,
-                retry=True,
-            )
-
-    def publish_chunk(self, *, batch_id: str, seq: int, queue: str, priority: int) -> None:
-        """One message per chunk of a batch; the worker claims the chunk compare-and-set."""
-        with self.celery.producer_or_acquire() as producer:
-            self.celery.send_task(
-                RUN_CHUNK_TASK,
-                args=[batch_id, seq],
                 queue=make_queue(queue),
                 priority=broker_priority(self.broker_url, priority),
                 producer=producer,

@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator
 
-from app.errors import InvalidInput, TooLarge
+from app.errors import InvalidInput
+from app.jobs import kinds
+from app.jobs.lifecycle import DEFAULT_WEBHOOK_EVENTS
 from app.models import Checkpoint, Job, JobEvent, ModelEntry, WebhookAttempt, WebhookDelivery, Worker
 from app.queue import ANY, GPU_TYPES
 from app.services.webhook_http import UnsafeUrl, check_url
@@ -20,12 +22,11 @@ class _Strict(BaseModel):
 
 
 WebhookEvent = Literal["started", "progress", "completed"]
-DEFAULT_WEBHOOK_EVENTS = ("completed",)
 
 
 class JobCreate(_Strict):
     kind: str = Field(min_length=1, max_length=32)
-    model: str = Field(min_length=1, max_length=200)
+    model: str | None = Field(None, min_length=1, max_length=200)
     input: dict[str, Any]
     params: dict[str, Any] = Field(default_factory=dict)
     gpu: str | list[str] | None = None
@@ -57,8 +58,8 @@ class JobCreate(_Strict):
 
     @field_validator("model")
     @classmethod
-    def _model(cls, v: str) -> str:
-        if "\x00" in v:
+    def _model(cls, v: str | None) -> str | None:
+        if v is not None and "\x00" in v:
             raise ValueError("must not contain a NUL character")
         return v
 
@@ -90,94 +91,6 @@ def check_webhook_url(url: str, settings: Settings, field: str) -> None:
         check_url(url, allow_private=settings.webhook_allow_private)
     except UnsafeUrl as exc:
         raise InvalidInput(f"{field}: {exc}", field=field) from None
-
-
-class Message(_Strict):
-    role: Literal["system", "user", "assistant"]
-    content: str
-
-
-class GenerateInput(_Strict):
-    prompt: str | None = None
-    messages: list[Message] | None = Field(None, min_length=1, max_length=256)
-
-    @model_validator(mode="after")
-    def _one(self) -> GenerateInput:
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError("give exactly one of input.prompt or input.messages")
-        return self
-
-    def chars(self) -> int:
-        if self.prompt is not None:
-            return len(self.prompt)
-        return sum(len(m.content) for m in self.messages or [])
-
-
-class GenerateParams(_Strict):
-    max_new_tokens: int = Field(256, ge=1)
-    min_new_tokens: int = Field(0, ge=0)
-    temperature: float = Field(1.0, ge=0.0, le=5.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0, le=100_000)
-    stop: list[str] = Field(default_factory=list, max_length=8)
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
-
-    @field_validator("stop", mode="before")
-    @classmethod
-    def _stop(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            v = [v]
-        if isinstance(v, list) and any(isinstance(s, str) and not (0 < len(s) <= 200) for s in v):
-            raise ValueError("each stop string must be 1 to 200 characters")
-        return v
-
-
-class EmbedInput(_Strict):
-    text: str = Field(min_length=1)
-
-
-class EmbedParams(_Strict):
-    normalize: bool = True
-
-
-class LoraParams(_Strict):
-    r: int = Field(8, ge=1, le=256)
-    alpha: float = Field(16.0, gt=0, le=4096)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] | None = Field(None, min_length=1, max_length=64,
-                                             description="module names to adapt; default every linear layer")
-
-
-class FinetuneInput(_Strict):
-    training_file: str = Field(min_length=1, max_length=40)
-    validation_file: str | None = Field(None, min_length=1, max_length=40)
-
-
-class FinetuneParams(_Strict):
-    method: Literal["lora"] = "lora"
-    lora: LoraParams = Field(default_factory=LoraParams)
-    n_epochs: int = Field(3, ge=1, le=1000)
-    learning_rate: float = Field(2e-4, gt=0.0, le=1.0)
-    batch_size: int = Field(8, ge=1, le=1024)
-    max_seq_len: int = Field(1024, ge=8, le=131_072)
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    suffix: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
-    log_every_steps: int = Field(10, ge=1, description="a progress event with losses every this many steps")
-    checkpoint_every_steps: int | None = Field(None, ge=1, description="checkpoints besides one per epoch")
-
-
-@dataclass(frozen=True)
-class KindSpec:
-    input: type[BaseModel]
-    params: type[BaseModel]
-    model_kind: str
-
-
-KINDS: dict[str, KindSpec] = {
-    "generate": KindSpec(GenerateInput, GenerateParams, "causal-lm"),
-    "embed": KindSpec(EmbedInput, EmbedParams, "embedding"),
-    "finetune": KindSpec(FinetuneInput, FinetuneParams, "causal-lm"),
-}
 
 
 def _field(loc: tuple[Any, ...], prefix: str = "") -> str:
@@ -219,42 +132,29 @@ def parse(model: type[M], data: Any, prefix: str = "") -> M:
         raise validation_error(exc, prefix) from None
 
 
-def check_generate_params(params: BaseModel, settings: Settings) -> None:
-    """Limits of generation parameters that depend on settings (jobs and batches alike)."""
-    if not isinstance(params, GenerateParams):
-        return
-    if params.max_new_tokens > settings.max_new_tokens_limit:
-        raise InvalidInput(
-            f"params.max_new_tokens: at most {settings.max_new_tokens_limit}", field="params.max_new_tokens"
-        )
-    if params.min_new_tokens > params.max_new_tokens:
-        raise InvalidInput("params.min_new_tokens: at most max_new_tokens", field="params.min_new_tokens")
-
-
 def validate_job(body: Any, settings: Settings) -> ValidatedJob:
+    """The envelope, then the kind's own input and params schemas and limits (from its declaration)."""
     env = parse(JobCreate, body)
-    spec = KINDS.get(env.kind)
-    if spec is None:
-        raise InvalidInput(f"unknown kind {env.kind!r}; one of: {', '.join(KINDS)}", field="kind")
-    inp = parse(spec.input, env.input, "input")
-    params = parse(spec.params, env.params, "params")
-    if isinstance(inp, GenerateInput) and inp.chars() > settings.max_prompt_chars:
-        raise TooLarge(
-            f"the prompt is {inp.chars()} characters; the limit is {settings.max_prompt_chars}",
-            field="input.messages" if inp.messages else "input.prompt",
-            code="prompt_too_large",
-        )
-    if isinstance(inp, EmbedInput) and len(inp.text) > settings.max_prompt_chars:
-        raise TooLarge(f"the text is {len(inp.text)} characters; the limit is {settings.max_prompt_chars}",
-                       field="input.text", code="prompt_too_large")
-    check_generate_params(params, settings)
+    kind = kinds.get(env.kind)
+    if kind is None or not kind.public:
+        raise InvalidInput(f"unknown kind {env.kind!r}; one of: {', '.join(kinds.public_names())}", field="kind")
+    if kind.model_kind is not None and env.model is None:
+        raise InvalidInput(f"model: field required ({env.kind} jobs run on a {kind.model_kind} model)",
+                           field="model")
+    if kind.model_kind is None and env.model is not None:
+        raise InvalidInput(f"model: {env.kind} jobs use no model; leave it out", field="model")
+    inp = parse(kind.input, env.input, "input")
+    params = parse(kind.params, env.params, "params")
+    if kind.limits is not None:
+        kind.limits(inp, params, settings)
     if env.timeout_s is not None and env.timeout_s > settings.max_timeout_s:
         raise InvalidInput(f"timeout_s: at most {settings.max_timeout_s}", field="timeout_s")
     if env.webhook is not None:
         check_webhook_url(env.webhook, settings, "webhook")
     elif env.webhook_events is not None:
         raise InvalidInput("webhook_events: give webhook too", field="webhook_events")
-    return ValidatedJob(env, inp.model_dump(exclude_none=True), params.model_dump())
+    data = inp.model_dump() if isinstance(inp, RootModel) else inp.model_dump(exclude_none=True)
+    return ValidatedJob(env, data, params.model_dump())
 
 
 # ---- what goes out -------------------------------------------------------------------------------------
@@ -277,6 +177,7 @@ def job_public(job: Job, base_url: str = "") -> dict[str, Any]:
         "kind": job.kind,
         "model": job.model,
         "status": job.status,
+        "batch_id": job.batch_id,
         "input": job.input,
         "params": job.params,
         "gpu": job.gpu,

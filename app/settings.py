@@ -18,6 +18,9 @@ class Settings(BaseSettings):
     broker_url: str = Field("", description="Celery broker URL; empty means kombu filesystem:// under data_dir")
     model_dir: Path | None = Field(None, description="converted/downloaded model files; default data_dir/models")
 
+    db_pool_size: int = Field(40, ge=1, description="database connections per process; at least the threads "
+                              "that use it (API threads, worker concurrency)")
+
     # API limits
     max_request_bytes: int = 1_000_000
     max_prompt_chars: int = 32_000
@@ -55,7 +58,9 @@ class Settings(BaseSettings):
     worker_max_batch: int = 64
     model_cache_bytes: int | None = Field(None, description="model cache budget; default 90% of GPU memory or 8 GiB")
     heartbeat_interval_s: float = 5.0
-    relay_interval_s: float = 5.0
+    relay_interval_s: float = 1.0
+    cancel_poll_interval_s: float = Field(2.0, description="a worker's fallback poll for cancels it was not told of")
+    scheduler_lock_id: int = Field(7_463_915, description="PostgreSQL advisory lock the active scheduler holds")
     reconcile_interval_s: float = 10.0
     worker_lost_after_s: float = 30.0
     republish_after_s: float = 120.0

@@ -16,13 +16,43 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import Engine, create_engine, event, select, text
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRE = os.environ.get("LLMOS_REQUIRE_SERVICES") == "1"
 PG_ADMIN = os.environ.get("LLMOS_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("LLMOS_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 MODEL_DIR = Path(os.environ.get("LLMOS_TEST_MODEL_DIR", ROOT / ".llmos" / "test-models"))
+
+
+# ---- the jobs table belongs to the lifecycle core ------------------------------------------------------------
+
+JOBS_UPDATES: list[str] = []  # UPDATE statements on jobs sent from app/ or workers/ outside app/jobs/lifecycle.py
+
+
+@event.listens_for(Engine, "before_cursor_execute")
+def _guard_jobs_table(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
+    if statement.lstrip()[:11].upper() != "UPDATE JOBS":
+        return
+    import traceback
+
+    for frame in reversed(traceback.extract_stack()):  # the innermost frame of this repository decides
+        f = frame.filename
+        if not f.startswith(str(ROOT)) or "/.venv/" in f or f.endswith(("app/db.py", "tests/conftest.py")):
+            continue
+        if f.endswith("app/jobs/lifecycle.py") or "/tests/" in f:
+            return
+        JOBS_UPDATES.append(f"{f}:{frame.lineno}")
+        return
+
+
+@pytest.fixture(autouse=True)
+def _only_the_core_updates_jobs() -> Iterator[None]:
+    before = len(JOBS_UPDATES)
+    yield
+    bad = JOBS_UPDATES[before:]
+    del JOBS_UPDATES[before:]
+    assert not bad, f"the jobs table was updated outside app/jobs/lifecycle.py: {bad}"
 
 
 def unavailable(what: str, exc: BaseException) -> None:
@@ -76,7 +106,7 @@ def pg_url(pg_server: str) -> Iterator[str]:
 
 
 TABLES = ("webhook_attempts", "webhook_deliveries", "webhook_settings", "job_events", "outbox", "jobs", "api_keys",
-          "owners", "workers", "models", "checkpoints", "batch_items", "batch_chunks", "batches", "files")
+          "owners", "workers", "models", "checkpoints", "batch_items", "batches", "files")
 
 
 @pytest.fixture
@@ -134,7 +164,9 @@ def make_app(tmp_path: Path) -> Callable[..., Any]:
 
     yield _make
     for app in apps:
-        app.extensions["llmos"].db.dispose()
+        platform = app.extensions["llmos"]
+        platform.bus.close()
+        platform.db.dispose()
 
 
 @pytest.fixture
@@ -198,13 +230,40 @@ def worker_env(database_url: str, broker_url: str, data_dir: Path, **extra: str)
 
 
 @pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+def start_scheduler(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """`llmos scheduler` as its own process (relay, reconciler, time limits, webhooks)."""
     started: list[WorkerProcess] = []
 
-    def _start(database_url: str, broker_url: str, *args: str, ready_timeout: float = 60, **extra: str):
+    def _start(database_url: str, broker_url: str, **extra: str) -> WorkerProcess:
+        log_path = tmp_path / f"scheduler-{len(started)}.log"
+        env = worker_env(database_url, broker_url, tmp_path / "data", **extra)
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "app.cli", "scheduler"], env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, cwd=ROOT)
+        sp = WorkerProcess(proc, log_path, env)
+        started.append(sp)
+        return sp
+
+    yield _start
+    for sp in started:
+        sp.stop()
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path, start_scheduler: Callable[..., WorkerProcess]
+                 ) -> Iterator[Callable[..., WorkerProcess]]:
+    """A worker process; the first one of a test also starts a scheduler on the same database and broker
+    (scheduler=False to leave it out)."""
+    started: list[WorkerProcess] = []
+    schedulers: list[WorkerProcess] = []
+
+    def _start(database_url: str, broker_url: str, *args: str, ready_timeout: float = 60, scheduler: bool = True,
+               **extra: str):
         from app.db import Database
         from app.models import Worker
 
+        if scheduler and not schedulers:
+            schedulers.append(start_scheduler(database_url, broker_url, **extra))
         log_path = tmp_path / f"worker-{len(started)}.log"
         env = worker_env(database_url, broker_url, tmp_path / "data", **extra)
         with open(log_path, "wb") as log:

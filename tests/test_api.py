@@ -14,8 +14,8 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
+from app.jobs import lifecycle
 from app.models import Job, JobEvent, Outbox, Worker, utcnow
-from app.services import jobs as jobs_service
 from app.services import workers as workers_service
 from tests.conftest import auth, make_key, wait_status
 
@@ -152,14 +152,23 @@ def test_every_resource_needs_a_valid_key(client, app, key, headers, code, metho
     assert job_count(app) == 0
 
 
-def test_revoked_key_is_refused(client, app, key):
+def test_revoked_key_is_refused_at_once_caches_included(client, app, key, make_app, pg, redis_url):
+    """Keys are cached briefly; a revoke drops the cached copy in this process before it returns, and in every
+    other process (here: a second app with its own cache) through the signals bus."""
     from app.models import ApiKey
+    from app.services import auth as auth_service
 
+    other = make_app(database_url=pg, broker_url=redis_url).test_client()
     assert client.get("/jobs", headers=auth(key)).status_code == 200
+    assert other.get("/jobs", headers=auth(key)).status_code == 200  # both caches hold the key now
     with db(app).session() as s:
         for row in s.scalars(select(ApiKey)):
-            row.revoked_at = utcnow()
+            assert auth_service.revoke_key(session=s, key_id=row.id)
     assert_error(client.get("/jobs", headers=auth(key)), 401, "invalid_api_key")
+    deadline = time.monotonic() + 5
+    while other.get("/jobs", headers=auth(key)).status_code != 401:
+        assert time.monotonic() < deadline, "the other process still accepts the revoked key"
+        time.sleep(0.01)
 
 
 BAD_GETS = [
@@ -236,8 +245,12 @@ def test_submit_stores_the_job_its_event_and_publishes_it(client, app, key):
     with db(app).session() as s:
         row = s.get(Job, job["id"])
         assert row is not None and row.status == "queued"
-        outbox = s.scalars(select(Outbox).where(Outbox.job_id == job["id"])).all()
-        assert len(outbox) == 1 and outbox[0].sent_at is not None  # published right after commit
+        assert len(s.scalars(select(Outbox).where(Outbox.job_id == job["id"])).all()) == 1
+    platform = app.extensions["llmos"]
+    assert platform.publisher.queue_depth("generate.any") == 1  # published right after commit
+    platform.dispatcher.flush()  # the sent mark is written by the next flush (one UPDATE for many requests)
+    with db(app).session() as s:
+        assert s.scalars(select(Outbox.sent_at).where(Outbox.job_id == job["id"])).one() is not None
     assert client.get(f"/jobs/{job['id']}", headers=auth(key)).get_json() == job
 
 
@@ -349,7 +362,7 @@ def test_cancel_a_queued_job(client, app, key):
 def test_cancel_a_running_job_asks_it_to_stop(client, app, key):
     job = submit(client, key)
     with db(app).session() as s:
-        assert jobs_service.claim_job(session=s, job_id=job["id"], worker_id="w-test") is not None
+        assert lifecycle.claim(s, job_id=job["id"], worker_id="w-test") is not None
     r = client.post(f"/jobs/{job['id']}/cancel", headers=auth(key))
     assert r.status_code == 200 and r.get_json()["status"] == "cancelling"
     events = client.get(f"/jobs/{job['id']}/events", headers=auth(key)).get_json()["data"]

@@ -50,7 +50,7 @@ def test_generate_on_postgres_and_redis(client, key, pg, redis_url, start_worker
     mine = [x for x in workers if x["id"] == body["worker_id"]]
     assert mine and mine[0]["alive"] and mine[0]["gpu_type"] == "cpu"
     assert set(mine[0]["queues"]) == {"generate.cpu", "generate.any", "embed.cpu", "embed.any", "batch.cpu",
-                                      "batch.any", "finetune.cpu", "finetune.any"}
+                                      "batch.any", "finetune.cpu", "finetune.any", "echo.cpu", "echo.any"}
     time.sleep(1.5)  # next heartbeat carries the loaded model
     mine = [x for x in client.get("/workers", headers=auth(key)).get_json()["data"] if x["id"] == body["worker_id"]]
     assert "tiny-random-llama" in mine[0]["models_loaded"]

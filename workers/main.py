@@ -8,12 +8,11 @@ from typing import Any
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from app import create_app
+from app.jobs import kinds
 from app.queue import make_queue, worker_queues
 from workers import hardware
 
 log = logging.getLogger("llmos.worker")
-
-KINDS_SERVED = ["generate", "embed", "batch", "finetune"]
 
 
 def run_worker(*, gpu_type: str | None = None, queues: list[str] | None = None,
@@ -22,10 +21,9 @@ def run_worker(*, gpu_type: str | None = None, queues: list[str] | None = None,
     platform = flask_app.extensions["llmos"]
     settings = platform.settings
     hw = hardware.detect(gpu_type or settings.gpu_type, settings.device)
-    queues = queues or worker_queues(KINDS_SERVED, hw.gpu_type)
+    queues = queues or worker_queues(kinds.queue_families(), hw.gpu_type)
 
-    import workers.batch  # noqa: F401 - registers the batch chunk task
-    import workers.tasks  # noqa: F401 - registers the tasks
+    import workers.tasks  # noqa: F401 - registers the task
     from workers.runtime import WorkerRuntime
 
     rt = WorkerRuntime.create(platform, hw, queues)

@@ -1,5 +1,6 @@
-"""What a running worker process holds: identity, hardware, model cache, and its background loops
-(heartbeat into the database, outbox relay, cancel watcher, reconciler, webhook sender)."""
+"""What a running worker process holds: identity, hardware, model cache, and its two background loops (heartbeat
+into the database; cancels, heard through the signals bus with a slow database poll as the fallback). The relay,
+reconciler, time limits and webhooks belong to the scheduler (app.services.scheduler)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,19 @@ import logging
 import os
 import socket
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from app import Platform
+from app.jobs import kinds, lifecycle
+from app.jobs.lifecycle import CANCEL, INVALIDATE
+from app.jobs.states import JobStatus
 from app.models import utcnow
-from app.services import batches, jobs, outbox, reconciler, webhooks, workers
+from app.services import workers
+from app.services.lookups import TTLCache
 from workers.hardware import GIB, Hardware
-from workers.model_cache import ModelCache
+from workers.model_cache import ModelCache, ModelSpec, spec_for
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +38,8 @@ class WorkerRuntime:
     _threads: list[threading.Thread] = field(default_factory=list)
     last_task_at: object = None
     _handing_back: set[str] = field(default_factory=set)
-    _webhook_pool: ThreadPoolExecutor | None = None
+    _specs: TTLCache[ModelSpec | None] = field(default_factory=lambda: TTLCache(10.0))
+    _handlers: dict[str, Any] = field(default_factory=dict)
     training_slot: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(1))
 
     @classmethod
@@ -85,18 +92,37 @@ class WorkerRuntime:
         t.daemon = True
         t.start()
 
-    # ---- background loops --------------------------------------------------------------------------------
+    # ---- what a task looks up -----------------------------------------------------------------------------
+
+    def model_spec(self, name: str) -> ModelSpec | None:
+        """The registry entry a job names, cached briefly (dropped everywhere when the model changes)."""
+
+        def load() -> ModelSpec | None:
+            with self.platform.db.session() as session:
+                return spec_for(session, name)
+
+        return self._specs.get(name, load)
+
+    def handler(self, path: str) -> Any:
+        fn = self._handlers.get(path)
+        if fn is None:
+            fn = self._handlers[path] = kinds.load(path)
+        return fn
+
+    def took_message(self) -> None:
+        self.last_task_at = utcnow()
+
+    # ---- background loops: the heartbeat and cancels; nothing else runs on a worker -------------------------
 
     def start(self) -> None:
         self.heartbeat()
         s = self.platform.settings
-        self._webhook_pool = ThreadPoolExecutor(s.webhook_concurrency, thread_name_prefix="webhook")
+        bus = self.platform.bus
+        bus.subscribe(CANCEL, self._cancel)
+        bus.subscribe(INVALIDATE, self._invalidate)
         for name, interval, fn in (
             ("heartbeat", s.heartbeat_interval_s, self.heartbeat),
-            ("outbox-relay", s.relay_interval_s, self.relay),
-            ("cancel-watch", 0.25, self.watch_cancels),
-            ("reconciler", s.reconcile_interval_s, self.reconcile),
-            ("webhooks", s.webhook_sweep_interval_s, self.send_webhooks),
+            ("cancel-poll", s.cancel_poll_interval_s, self.poll_cancels),
         ):
             t = threading.Thread(target=self._every, args=(interval, fn), name=name, daemon=True)
             t.start()
@@ -109,11 +135,10 @@ class WorkerRuntime:
                 workers.heartbeat(session=session, worker_id=self.worker_id, stopped_at=utcnow(), running_jobs=0)
         except Exception:  # noqa: BLE001 - shutting down; the heartbeat going stale says the same
             log.warning("could not record worker stop")
-        if self._webhook_pool is not None:
-            self._webhook_pool.shutdown(wait=False, cancel_futures=True)
+        self.platform.bus.close()
         self.cache.close()
 
-    def _every(self, interval: float, fn) -> None:  # noqa: ANN001
+    def _every(self, interval: float, fn: Callable[[], None]) -> None:
         while not self._stop.wait(interval):
             try:
                 fn()
@@ -133,35 +158,26 @@ class WorkerRuntime:
                 last_task_at=last_task, stopped_at=None,
             )
 
-    def relay(self) -> None:
-        outbox.relay(db=self.platform.db, publisher=self.platform.publisher)
-        batches.relay(db=self.platform.db, publisher=self.platform.publisher)
+    def _cancel(self, job_id: str) -> None:
+        with self._lock:
+            ev = self.running.get(job_id)
+        if ev is not None and not ev.is_set():
+            log.info("job=%s cancel requested", job_id)
+            ev.set()
 
-    def reconcile(self) -> None:
-        s = self.platform.settings
-        reconciler.recover_lost_jobs(db=self.platform.db, stale_after_s=s.worker_lost_after_s,
-                                     alive=frozenset({self.worker_id}))
-        reconciler.republish_stranded(db=self.platform.db, queue_depth=self.platform.publisher.queue_depth,
-                                      older_than_s=s.republish_after_s)
-        batches.reconcile(db=self.platform.db, settings=s, queue_depth=self.platform.publisher.queue_depth,
-                          alive=frozenset({self.worker_id}))
+    def _invalidate(self, what: str) -> None:
+        kind, _, name = what.partition(":")
+        if kind == "model":
+            self._specs.drop(name or None)
 
-    def send_webhooks(self) -> None:
-        """Sent from this thread's pool, not through a Celery queue: the database already is the queue
-        (due time, lease, order), so a broker hop would add a second delivery layer and nothing else."""
-        assert self._webhook_pool is not None
-        webhooks.sweep(db=self.platform.db, settings=self.platform.settings, pool=self._webhook_pool)
-
-    def watch_cancels(self) -> None:
+    def poll_cancels(self) -> None:
+        """The fallback for cancels whose signal did not arrive (no live bus, Redis blip): a slow read."""
         with self._lock:
             ids = list(self.running)
         if not ids:
             return
         with self.platform.db.session() as session:
-            wanted = jobs.cancel_requested(session=session, job_ids=ids)
-        with self._lock:
-            for job_id in wanted:
-                ev = self.running.get(job_id)
-                if ev is not None and not ev.is_set():
-                    log.info("job=%s cancel requested", job_id)
-                    ev.set()
+            statuses = lifecycle.statuses_of(session, ids)
+        for job_id, status in statuses.items():
+            if status == JobStatus.cancelling.value:
+                self._cancel(job_id)

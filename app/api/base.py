@@ -18,9 +18,8 @@ from app.services.pagination import parse_limit
 def authenticated(fn):  # noqa: ANN001, ANN201
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with platform().db.session() as session:
-            owner = auth.authenticate(session=session, authorization=request.headers.get("Authorization"))
-            g.owner_id = owner.id
+        p = platform()
+        g.owner_id = auth.authenticate(db=p.db, lookups=p.lookups, authorization=request.headers.get("Authorization"))
         return fn(*args, **kwargs)
 
     return wrapper

@@ -31,10 +31,9 @@ class BatchList(AuthResource):
                 docs = check_documents(jsonl_documents(fh), spec, p.settings)
         else:
             docs = check_documents(inline_documents(env.documents or []), spec, p.settings)
-        with p.db.session() as session:
-            batch = batches.submit_batch(session=session, settings=p.settings, owner_id=self.owner_id, spec=spec,
-                                         documents=docs)
-        batches.publish_chunks(db=p.db, publisher=p.publisher, batch_id=batch.id)
+        batch, rows = batches.submit_batch(db=p.db, lookups=p.lookups, settings=p.settings, owner_id=self.owner_id,
+                                           spec=spec, documents=docs)
+        p.dispatcher.publish(rows)
         public = batch_public(batch, self.base_url())
         return public, 202, {"Location": public["urls"]["get"]}
 

@@ -6,7 +6,7 @@ from app import platform
 from app.api.base import AuthResource
 from app.errors import InvalidInput
 from app.schemas import checkpoint_public, event_public, job_public, validate_job
-from app.services import finetunes, jobs, outbox
+from app.services import finetunes, jobs
 
 
 class JobList(AuthResource):
@@ -17,13 +17,13 @@ class JobList(AuthResource):
         key = request.headers.get("Idempotency-Key")
         if key is not None and not 1 <= len(key) <= 255:
             raise InvalidInput("Idempotency-Key must be 1 to 255 characters", field="Idempotency-Key")
-        job, created = jobs.create_job(db=p.db, settings=p.settings, owner_id=self.owner_id, spec=spec,
-                                       body=body, idempotency_key=key)
-        if created:
-            outbox.publish_new(db=p.db, publisher=p.publisher, job_id=job.id, queue=job.queue, priority=job.priority)
+        job, publish = jobs.create_job(db=p.db, lookups=p.lookups, settings=p.settings, owner_id=self.owner_id,
+                                       spec=spec, body=body, idempotency_key=key)
+        if publish is not None:
+            p.dispatcher.publish([publish])
         public = job_public(job, self.base_url())
         headers = {"Location": public["urls"]["get"]}
-        if not created:
+        if publish is None:
             headers["Idempotent-Replayed"] = "true"
         return public, 202, headers
 
@@ -33,7 +33,7 @@ class JobList(AuthResource):
             rows, next_cursor = jobs.list_jobs(
                 session=session, owner_id=self.owner_id, limit=limit, cursor=cursor,
                 status=request.args.get("status"), kind=request.args.get("kind"),
-                model=request.args.get("model"),
+                model=request.args.get("model"), batch_id=request.args.get("batch_id"),
             )
             return {"data": [job_public(j, self.base_url()) for j in rows], "next_cursor": next_cursor}
 
@@ -43,7 +43,7 @@ class JobItem(AuthResource):
         p = platform()
         wait = self.number_arg("wait", low=0, high=p.settings.max_wait_s)
         if wait:
-            job = jobs.wait_for_job(db=p.db, owner_id=self.owner_id, job_id=job_id, wait_s=wait)
+            job = jobs.wait_for_job(db=p.db, waiters=p.waiters, owner_id=self.owner_id, job_id=job_id, wait_s=wait)
         else:
             with p.db.session() as session:
                 job = jobs.get_job(session=session, owner_id=self.owner_id, job_id=job_id)

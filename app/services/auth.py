@@ -8,8 +8,10 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.db import Database
 from app.errors import Unauthorized
-from app.models import ApiKey, Owner
+from app.models import ApiKey, Owner, utcnow
+from app.services.lookups import Lookups, forget
 
 KEY_PREFIX = "llmos_"
 
@@ -35,16 +37,25 @@ def create_key(*, session: Session, owner_name: str) -> str:
     return key
 
 
-def authenticate(*, session: Session, authorization: str | None) -> Owner:
+def authenticate(*, db: Database, lookups: Lookups, authorization: str | None) -> int:
+    """The owner id of the request's key. Looked up through a brief cache that a revoke empties everywhere."""
     if not authorization:
         raise Unauthorized("missing Authorization header; send 'Authorization: Bearer <key>'")
     scheme, _, key = authorization.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("the Authorization header must be 'Bearer <key>'")
-    row = session.execute(
-        select(Owner).join(ApiKey, ApiKey.owner_id == Owner.id)
-        .where(ApiKey.key_hash == _hash(key.strip()), ApiKey.revoked_at.is_(None))
-    ).scalar_one_or_none()
-    if row is None:
+    owner_id = lookups.owner_for_key(db, _hash(key.strip()))
+    if owner_id is None:
         raise Unauthorized("invalid API key", code="invalid_api_key")
-    return row
+    return owner_id
+
+
+def revoke_key(*, session: Session, key_id: int) -> bool:
+    """Revoke a key; refused at once in every process (the cached copies are dropped when this commits)."""
+    row = session.get(ApiKey, key_id)
+    if row is None:
+        return False
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+    forget(session, f"key:{row.key_hash}")
+    return True

@@ -1,16 +1,15 @@
 """Batches: many documents, one task, processed by workers in GPU-sized chunks.
 
-- Submission writes the batch, its items (bulk insert, no per-row round trip) and one `batch_chunks` row per
-  chunk in one transaction. `batch_chunks.sent_at` makes that table the batches' outbox: chunks are published
-  after commit (fast path) and by the relay for whatever that missed.
-- A worker claims a chunk compare-and-set (queued -> running), runs all its documents through the model
-  together, and writes each item compare-and-set (queued -> succeeded | failed); the batch's counters grow by
+- Submission writes the batch, its items (bulk insert, no per-row round trip) and one chunk job per chunk (a job
+  of kind `batch` with `batch_id` set) with their outbox rows, in one transaction; the chunks are published after
+  commit like any job. From there the lifecycle core claims, runs, stores and recovers them: there is no
+  second outbox, claim or reconciler for batches.
+- A worker runs all of a chunk's documents through the model together; each item is written compare-and-set
+  (queued -> succeeded | failed) in the transaction that ends the chunk job, and the batch's counters grow by
   what actually changed, so a duplicate delivery or a late worker counts nothing twice.
-- A chunk whose worker stopped heart-beating, or that ran past `batch_chunk_timeout_s`, goes back to queued
-  (the reconciler); its finished items stay finished.
-- When no chunk is queued or running, whoever notices first (worker finishing the last chunk, the API after
-  a cancel, the reconciler) claims finalisation compare-and-set, writes the output and error files and moves
-  the batch to its final state exactly once.
+- When no chunk job is open, whoever notices first (the worker that ended the last chunk, the API after a
+  cancel, the scheduler) claims finalisation compare-and-set, writes the output and error files and moves the
+  batch to its final state exactly once (lifecycle.finish_batch).
 """
 
 from __future__ import annotations
@@ -20,39 +19,42 @@ import logging
 import math
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any
 
-from sqlalchemy import and_, exists, insert, select, update
+from sqlalchemy import exists, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.batch_schemas import TASK_MODEL_KIND, Document, ValidatedBatch
 from app.db import Database
-from app.errors import Conflict, InvalidInput, NotFound
-from app.models import Batch, BatchChunk, BatchItem, File, JobStatus, utcnow
-from app.services import files, registry, webhooks
-from app.services.jobs import new_id, route
+from app.errors import InvalidInput, NotFound
+from app.jobs import kinds, lifecycle
+from app.jobs.states import TERMINAL, JobStatus
+from app.models import Batch, BatchItem, File, Job, utcnow
+from app.services import files, webhooks
+from app.services.jobs import route_for
+from app.services.lookups import Lookups
 from app.services.pagination import page, paginate
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
 ACTIVE_BATCH = (JobStatus.queued.value, JobStatus.running.value, JobStatus.cancelling.value)
-OPEN_CHUNK = ("queued", "running")
-MAX_CHUNK_ATTEMPTS = 3
+OPEN_JOB = tuple(s.value for s in JobStatus if s not in TERMINAL)
 FINALIZE_STALE_S = 600
+CHUNK_KIND = "batch"
 
-
-class PublishesChunks(Protocol):
-    def publish_chunk(self, *, batch_id: str, seq: int, queue: str, priority: int) -> None: ...
+Row = tuple[int, str, str, int]
 
 
 # ---- submission ----------------------------------------------------------------------------------------
 
 
-def submit_batch(*, session: Session, settings: Settings, owner_id: int, spec: ValidatedBatch,
-                 documents: list[Document]) -> Batch:
+def submit_batch(*, db: Database, lookups: Lookups, settings: Settings, owner_id: int, spec: ValidatedBatch,
+                 documents: list[Document]) -> tuple[Batch, list[Row]]:
+    """The batch, its items and its chunk jobs in one transaction. Returns the batch and the outbox rows to
+    publish after the commit."""
     env = spec.envelope
-    entry = registry.get_model(session=session, name=env.model, owner_id=owner_id)
+    entry = lookups.model(db, env.model, owner_id)
     if entry is None:
         raise InvalidInput(f"model {env.model!r} is not in the registry; GET /models lists them",
                            field="model", code="model_not_found")
@@ -60,21 +62,26 @@ def submit_batch(*, session: Session, settings: Settings, owner_id: int, spec: V
     if entry.kind != wanted_kind:
         raise InvalidInput(f"model {env.model!r} is a {entry.kind} model; {spec.task['type']} needs a "
                            f"{wanted_kind} model", field="model")
-    requested = [env.gpu] if isinstance(env.gpu, str) else env.gpu
-    gpu, queue, _warning = route(session=session, kind="batch", requested=requested,
-                                 model_default=entry.default_gpu, stale_after_s=settings.heartbeat_interval_s * 3)
+    chunk_kind = kinds.get(CHUNK_KIND)
+    assert chunk_kind is not None
+    gpu, queue, _warning = route_for(db=db, lookups=lookups, settings=settings, family=chunk_kind.queue,
+                                     gpu=env.gpu, model_default=entry.default_gpu)
     size = env.chunk_size or settings.batch_chunk_size
-    batch = Batch(id=new_id("batch"), owner_id=owner_id, status=JobStatus.queued.value, task=spec.task,
+    batch = Batch(id=lifecycle.new_id("batch"), owner_id=owner_id, status=JobStatus.queued.value, task=spec.task,
                   model=env.model, params=spec.params, gpu=gpu, queue=queue, priority=env.priority,
                   metadata_=env.metadata, input_file_id=env.input_file_id, chunk_size=size, total=len(documents),
                   webhook=env.webhook)
-    session.add(batch)
-    session.flush()
-    _insert_items(session, batch.id, size, documents)
-    session.execute(insert(BatchChunk.__table__),
-                    [{"batch_id": batch.id, "seq": s, "status": "queued", "attempts": 0}
-                     for s in range(math.ceil(len(documents) / size))])
-    return batch
+    with db.session() as session:
+        session.add(batch)
+        session.flush()
+        _insert_items(session, batch.id, size, documents)
+        rows = lifecycle.submit_many(session, [
+            {"id": lifecycle.new_id("job"), "owner_id": owner_id, "kind": CHUNK_KIND, "model": env.model,
+             "input": {"seq": seq}, "params": spec.params, "gpu": gpu, "queue": queue, "priority": env.priority,
+             "timeout_s": int(settings.batch_chunk_timeout_s), "max_attempts": chunk_kind.max_attempts,
+             "batch_id": batch.id}
+            for seq in range(math.ceil(len(documents) / size))])
+    return batch, rows
 
 
 def _insert_items(session: Session, batch_id: str, size: int, documents: list[Document]) -> None:
@@ -102,54 +109,6 @@ def read_file_documents(*, session: Session, owner_id: int, file_id: str) -> Fil
     return f
 
 
-def publish_chunks(*, db: Database, publisher: PublishesChunks, batch_id: str) -> int:
-    """The fast path after commit: publish every unsent chunk of one batch, then mark them sent in one write."""
-    with db.session() as session:
-        batch = session.get(Batch, batch_id)
-        if batch is None:
-            return 0
-        queue, priority = batch.queue, batch.priority
-        seqs = list(session.scalars(select(BatchChunk.seq).where(
-            BatchChunk.batch_id == batch_id, BatchChunk.status == "queued", BatchChunk.sent_at.is_(None))
-            .order_by(BatchChunk.seq)))
-    return _send(db, publisher, [(batch_id, s, queue, priority) for s in seqs])
-
-
-def _send(db: Database, publisher: PublishesChunks, rows: list[tuple[str, int, str, int]]) -> int:
-    sent: list[tuple[str, int]] = []
-    try:
-        for batch_id, seq, queue, priority in rows:
-            publisher.publish_chunk(batch_id=batch_id, seq=seq, queue=queue, priority=priority)
-            sent.append((batch_id, seq))
-    except Exception as exc:  # broker down: the relay publishes the rest later
-        log.warning("batch chunk publish failed after %d, left for the relay: %s", len(sent), exc)
-    now = utcnow()
-    by_batch: dict[str, list[int]] = {}
-    for batch_id, seq in sent:
-        by_batch.setdefault(batch_id, []).append(seq)
-    with db.session() as session:
-        for batch_id, seqs in by_batch.items():
-            for start in range(0, len(seqs), 1000):
-                session.execute(update(BatchChunk).where(
-                    BatchChunk.batch_id == batch_id, BatchChunk.seq.in_(seqs[start:start + 1000]))
-                    .values(sent_at=now))
-    return len(sent)
-
-
-def relay(*, db: Database, publisher: PublishesChunks, older_than_s: float = 2.0, limit: int = 5000) -> int:
-    """Publish queued chunks never sent (broker was down, API died after commit, reconciler re-queued them)."""
-    cutoff = utcnow() - timedelta(seconds=older_than_s)
-    with db.session() as session:
-        rows = session.execute(
-            select(BatchChunk.batch_id, BatchChunk.seq, Batch.queue, Batch.priority)
-            .join(Batch, Batch.id == BatchChunk.batch_id)
-            .where(BatchChunk.status == "queued", BatchChunk.sent_at.is_(None), Batch.created_at < cutoff)
-            .order_by(Batch.created_at, BatchChunk.seq).limit(limit)
-        ).all()
-    sent = _send(db, publisher, [tuple(r) for r in rows]) if rows else 0
-    if sent:
-        log.info("batch relay published %d chunk(s)", sent)
-    return sent
 
 
 # ---- reading and cancel --------------------------------------------------------------------------------
@@ -174,28 +133,7 @@ def list_batches(*, session: Session, owner_id: int, limit: int, cursor: str | N
 
 
 def cancel_batch(*, session: Session, owner_id: int, batch_id: str) -> Batch:
-    """Chunks not started are cancelled with their documents; running chunks finish, and what finished stays
-    in the output. The batch is `cancelling` until then, `cancelled` once finalised."""
-    b = get_batch(session=session, owner_id=owner_id, batch_id=batch_id)
-    if b.status in (JobStatus.cancelling.value, JobStatus.cancelled.value):
-        return b
-    res = session.execute(update(Batch).where(
-        Batch.id == batch_id, Batch.status.in_((JobStatus.queued.value, JobStatus.running.value)))
-        .values(status=JobStatus.cancelling.value, cancel_requested_at=utcnow()))
-    if res.rowcount != 1:
-        session.refresh(b)
-        raise Conflict(f"batch {batch_id} already {b.status}; only queued or running batches can be cancelled",
-                       code="batch_finished")
-    session.execute(update(BatchChunk).where(BatchChunk.batch_id == batch_id, BatchChunk.status == "queued")
-                    .values(status="cancelled"))
-    cancelled_chunks = select(BatchChunk.seq).where(BatchChunk.batch_id == batch_id,
-                                                    BatchChunk.status == "cancelled")
-    session.execute(update(BatchItem).where(BatchItem.batch_id == batch_id, BatchItem.status == "queued",
-                                            BatchItem.chunk.in_(cancelled_chunks))
-                    .values(status="cancelled", error_code="cancelled", error_message="batch cancelled"))
-    session.flush()
-    session.refresh(b)
-    return b
+    return lifecycle.cancel_batch(session, owner_id=owner_id, batch_id=batch_id)
 
 
 # ---- worker side ---------------------------------------------------------------------------------------
@@ -205,7 +143,6 @@ def cancel_batch(*, session: Session, owner_id: int, batch_id: str) -> Batch:
 class ChunkWork:
     batch_id: str
     seq: int
-    attempt: int
     owner_id: int
     model: str
     task: dict[str, Any]
@@ -213,26 +150,17 @@ class ChunkWork:
     items: list[tuple[int, str, str, dict[str, Any] | None]]  # idx, custom_id, text, extra
 
 
-def claim_chunk(*, session: Session, batch_id: str, seq: int, worker_id: str) -> ChunkWork | None:
-    """queued -> running, or None (duplicate delivery, cancelled, finished). The batch starts running too."""
-    now = utcnow()
-    res = session.execute(update(BatchChunk).where(
-        BatchChunk.batch_id == batch_id, BatchChunk.seq == seq, BatchChunk.status == "queued")
-        .values(status="running", attempts=BatchChunk.attempts + 1, worker_id=worker_id, claimed_at=now))
-    if res.rowcount != 1:
-        return None
-    session.execute(update(Batch).where(Batch.id == batch_id, Batch.status == JobStatus.queued.value)
-                    .values(status=JobStatus.running.value, started_at=now))
+def chunk_work(*, session: Session, batch_id: str, seq: int) -> ChunkWork | None:
+    """What a claimed chunk job runs: its batch's task and the chunk's documents not yet finished."""
     b = session.get(Batch, batch_id)
-    attempt = session.scalar(select(BatchChunk.attempts).where(BatchChunk.batch_id == batch_id,
-                                                               BatchChunk.seq == seq))
-    assert b is not None and attempt is not None
-    items = [tuple(r) for r in session.execute(
+    if b is None:
+        return None
+    items = [(int(r[0]), str(r[1]), str(r[2]), r[3]) for r in session.execute(
         select(BatchItem.idx, BatchItem.custom_id, BatchItem.text, BatchItem.extra)
         .where(BatchItem.batch_id == batch_id, BatchItem.chunk == seq, BatchItem.status == "queued")
         .order_by(BatchItem.idx))]
-    return ChunkWork(batch_id=batch_id, seq=seq, attempt=attempt, owner_id=b.owner_id, model=b.model,
-                     task=dict(b.task), params=dict(b.params), items=items)  # type: ignore[arg-type]
+    return ChunkWork(batch_id=batch_id, seq=seq, owner_id=b.owner_id, model=b.model, task=dict(b.task),
+                     params=dict(b.params), items=items)
 
 
 @dataclass(frozen=True)
@@ -262,32 +190,46 @@ def store_results(*, session: Session, batch_id: str, results: list[ItemResult])
     return ok, bad
 
 
-def finish_chunk(*, session: Session, batch_id: str, seq: int, attempt: int, results: list[ItemResult],
-                 hand_back: bool = False) -> bool:
-    """Store a chunk's results; the chunk is done, or back in the queue when the worker is stopping."""
-    store_results(session=session, batch_id=batch_id, results=results)
-    values: dict[str, Any] = ({"status": "queued", "worker_id": None, "sent_at": None} if hand_back
-                              else {"status": "done"})
-    res = session.execute(update(BatchChunk).where(
-        BatchChunk.batch_id == batch_id, BatchChunk.seq == seq, BatchChunk.status == "running",
-        BatchChunk.attempts == attempt).values(**values))
-    return res.rowcount == 1
+
+
+# ---- the end: files and the final state, once ------------------------------------------------------------
+
+
+def _close_unfinished(session: Session, batch_id: str) -> None:
+    """Documents left queued in chunk jobs that ended without running them (failed, cancelled, lost too often)
+    take their chunk's end: cancelled with a cancelled chunk, failed with the chunk's error otherwise."""
+    ended = session.execute(select(Job.input, Job.status, Job.error_code, Job.error_message).where(
+        Job.batch_id == batch_id, Job.status.in_((JobStatus.failed.value, JobStatus.cancelled.value)))).all()
+    failed = 0
+    for inp, status, code, message in ended:
+        cancelled = status == JobStatus.cancelled.value
+        res = session.execute(update(BatchItem).where(
+            BatchItem.batch_id == batch_id, BatchItem.chunk == inp["seq"], BatchItem.status == "queued")
+            .values(status="cancelled" if cancelled else "failed", error_code=code or "internal",
+                    error_message=message or "the chunk ended without running this document"),
+            execution_options={"synchronize_session": False})
+        if not cancelled:
+            failed += res.rowcount  # type: ignore[attr-defined]
+    if failed:
+        session.execute(update(Batch).where(Batch.id == batch_id).values(failed=Batch.failed + failed),
+                        execution_options={"synchronize_session": False})
 
 
 def finalize(*, db: Database, settings: Settings, batch_id: str) -> bool:
     """Once no chunk is queued or running: write the output and error files, move the batch to its final
     state. Claimed compare-and-set (`finalizing_at`), committed compare-and-set: it happens once."""
-    open_chunks = exists().where(BatchChunk.batch_id == batch_id, BatchChunk.status.in_(OPEN_CHUNK))
+    open_chunks = exists().where(Job.batch_id == batch_id, Job.status.in_(OPEN_JOB))
     claim_at = utcnow()
     with db.session() as session:
         res = session.execute(update(Batch).where(
             Batch.id == batch_id, Batch.status.in_(ACTIVE_BATCH), Batch.finalizing_at.is_(None), ~open_chunks)
-            .values(finalizing_at=claim_at))
-        if res.rowcount != 1:
+            .values(finalizing_at=claim_at), execution_options={"synchronize_session": False})
+        if res.rowcount != 1:  # type: ignore[attr-defined]
             return False
         b = session.get(Batch, batch_id)
         assert b is not None
         owner_id = b.owner_id
+        _close_unfinished(session, batch_id)
     out_id, err_id = files.new_file_id(), files.new_file_id()
     out = files.FileWriter(settings, out_id)
     err = files.FileWriter(settings, err_id)
@@ -326,13 +268,12 @@ def finalize(*, db: Database, settings: Settings, batch_id: str) -> bool:
             final, code, msg = JobStatus.failed, "all_documents_failed", "every document failed; see the error file"
         else:
             final, code, msg = JobStatus.succeeded, None, None
-        values: dict[str, Any] = {"status": final.value, "finished_at": utcnow(), "output_file_id": out_id,
+        values: dict[str, Any] = {"status": final.value, "output_file_id": out_id,
                                   "error_file_id": err_id if err_path else None, "error_code": code,
                                   "error_message": msg}
-        res = session.execute(update(Batch).where(
-            Batch.id == batch_id, Batch.status == b.status, Batch.finalizing_at == claim_at,
-            Batch.output_file_id.is_(None)).values(**values))
-        if res.rowcount != 1:  # cancelled meanwhile: release the claim and write the files again
+        if not lifecycle.finish_batch(session, batch_id=batch_id, claim_at=claim_at, values=values,
+                                      event=lambda s, type_: webhooks.batch_event(s, batch_id, type_)):
+            # cancelled meanwhile: release the claim and write the files again
             session.rollback()
             out_path.unlink(missing_ok=True)
             if err_path:
@@ -347,96 +288,26 @@ def finalize(*, db: Database, settings: Settings, batch_id: str) -> bool:
             session.add(File(id=err_id, owner_id=owner_id, purpose="batch_error",
                              filename=f"{batch_id}_errors.jsonl", bytes=err.size, sha256=err.digest.hexdigest(),
                              path=str(err_path)))
-        webhooks.batch_event(session, batch_id, f"batch.{final.value}")  # in the transaction that ends it
     log.info("batch=%s state=%s output=%s errors=%d", batch_id, final.value, out_id, n_err)
     return True
 
 
-# ---- reconciler ----------------------------------------------------------------------------------------
 
 
-def recover_chunks(*, db: Database, settings: Settings, dead: set[str], alive: frozenset[str] = frozenset()
-                   ) -> int:
-    """Running chunks of dead workers, or running longer than batch_chunk_timeout_s, go back to the queue (or,
-    out of attempts, their unfinished documents fail with worker_lost). Stuck finalisations are released and
-    batches with nothing left open are finalised."""
-    timeout_cutoff = utcnow() - timedelta(seconds=settings.batch_chunk_timeout_s)
-    with db.session() as session:
-        rows = session.execute(select(BatchChunk.batch_id, BatchChunk.seq, BatchChunk.attempts,
-                                      BatchChunk.worker_id, BatchChunk.claimed_at)
-                               .where(BatchChunk.status == "running")).all()
-    moved = 0
-    touched: set[str] = set()
-    for batch_id, seq, attempts, worker_id, claimed_at in rows:
-        lost = worker_id in dead and worker_id not in alive
-        if claimed_at is not None:
-            cutoff = timeout_cutoff.replace(tzinfo=None) if claimed_at.tzinfo is None else timeout_cutoff
-            lost = lost or claimed_at < cutoff
-        if not lost:
-            continue
-        with db.session() as session:
-            guard = and_(BatchChunk.batch_id == batch_id, BatchChunk.seq == seq, BatchChunk.status == "running",
-                         BatchChunk.attempts == attempts)
-            if attempts >= MAX_CHUNK_ATTEMPTS:
-                if session.execute(update(BatchChunk).where(guard).values(status="done")).rowcount:
-                    idxs = session.scalars(select(BatchItem.idx).where(
-                        BatchItem.batch_id == batch_id, BatchItem.chunk == seq, BatchItem.status == "queued"))
-                    msg = f"the worker processing this document was lost {attempts} times"
-                    store_results(session=session, batch_id=batch_id,
-                                  results=[ItemResult(i, error_code="worker_lost", error_message=msg) for i in idxs])
-                    touched.add(batch_id)
-            elif session.execute(update(BatchChunk).where(guard).values(
-                    status="queued", worker_id=None, sent_at=None)).rowcount:
-                log.warning("batch=%s chunk=%d worker_lost worker=%s re-queued attempt=%d", batch_id, seq,
-                            worker_id, attempts + 1)
-                moved += 1
+def finalize_pending(*, db: Database, settings: Settings) -> int:
+    """The scheduler's safety net: batches with no open chunk job that are not final yet get finalised (the
+    worker or API that should have done it died); a finaliser's claim gone stale is released first."""
     stale = utcnow() - timedelta(seconds=FINALIZE_STALE_S)
-    nothing_open = ~exists().where(BatchChunk.batch_id == Batch.id, BatchChunk.status.in_(OPEN_CHUNK))
-    # batches with nothing left to run but not final get finalised; a claim gone stale means its finaliser died
+    nothing_open = ~exists().where(Job.batch_id == Batch.id, Job.status.in_(OPEN_JOB))
     with db.session() as session:
-        rows2 = session.execute(select(Batch.id, Batch.finalizing_at)
-                                .where(Batch.status.in_(ACTIVE_BATCH), nothing_open)).all()
-        for batch_id, fin in rows2:
-            if fin is not None and fin < (stale.replace(tzinfo=None) if fin.tzinfo is None else stale):
-                session.execute(update(Batch).where(Batch.id == batch_id, Batch.finalizing_at == fin)
+        rows = session.execute(select(Batch.id, Batch.finalizing_at)
+                               .where(Batch.status.in_(ACTIVE_BATCH), nothing_open)).all()
+        for batch_id, fin_at in rows:
+            if fin_at is not None and fin_at < stale:
+                session.execute(update(Batch).where(Batch.id == batch_id, Batch.finalizing_at == fin_at)
                                 .values(finalizing_at=None))
-            touched.add(batch_id)
-    for batch_id in touched:
-        finalize(db=db, settings=settings, batch_id=batch_id)
-    return moved
-
-
-def republish_stranded(*, db: Database, queue_depth: Any, older_than_s: float) -> int:
-    """Queued chunks published long ago whose queue is empty lost their message: mark them unsent for the relay."""
-    cutoff = utcnow() - timedelta(seconds=older_than_s)
-    with db.session() as session:
-        rows = session.execute(
-            select(BatchChunk.batch_id, BatchChunk.seq, BatchChunk.sent_at, Batch.queue)
-            .join(Batch, Batch.id == BatchChunk.batch_id)
-            .where(BatchChunk.status == "queued", BatchChunk.sent_at.is_not(None)).limit(5000)).all()
-    depth: dict[str, int | None] = {}
-    count = 0
-    with db.session() as session:
-        for batch_id, seq, sent_at, queue in rows:
-            if sent_at >= (cutoff.replace(tzinfo=None) if sent_at.tzinfo is None else cutoff):
-                continue
-            if queue not in depth:
-                depth[queue] = queue_depth(queue)
-            if depth[queue] != 0:
-                continue
-            count += session.execute(update(BatchChunk).where(
-                BatchChunk.batch_id == batch_id, BatchChunk.seq == seq, BatchChunk.status == "queued",
-                BatchChunk.sent_at == sent_at).values(sent_at=None)).rowcount
-    if count:
-        log.warning("reconciler re-queued %d stranded batch chunk(s)", count)
-    return count
-
-
-def reconcile(*, db: Database, settings: Settings, queue_depth: Any, alive: frozenset[str] = frozenset()) -> int:
-    """One reconciler pass over batches (every worker runs one; all steps are compare-and-set)."""
-    from app.services.reconciler import dead_workers
-
-    dead = dead_workers(db=db, stale_after_s=settings.worker_lost_after_s)
-    moved = recover_chunks(db=db, settings=settings, dead=dead, alive=alive)
-    republish_stranded(db=db, queue_depth=queue_depth, older_than_s=settings.republish_after_s)
-    return moved
+    done = 0
+    for batch_id, fin_at in rows:
+        if fin_at is None or fin_at < stale:
+            done += finalize(db=db, settings=settings, batch_id=batch_id)
+    return done

@@ -34,7 +34,7 @@ def files_dir(settings: Settings) -> Path:
 
 
 def new_file_id() -> str:
-    from app.services.jobs import new_id
+    from app.jobs.lifecycle import new_id
 
     return new_id("file")
 

@@ -9,12 +9,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.errors import InvalidInput, NotFound
-from app.models import Checkpoint, File, Job, JobStatus, ModelEntry
+from app.jobs import lifecycle
+from app.models import Checkpoint, File, Job, ModelEntry
 from app.services import datasets
+from app.services.lookups import forget
 from app.services.pagination import page, paginate
 from app.settings import Settings
 
@@ -78,19 +80,12 @@ def add_checkpoint(*, session: Session, job_id: str, attempt: int, step: int, to
     """Record a checkpoint the worker saved; only the job's current attempt may (a lost worker that is
     still running writes nothing). The newest `keep` stay; the rows of older ones are deleted and their
     directories returned, for the worker to remove once this commits. None: not the current attempt."""
-    from app.services.jobs import add_event, new_id
-
-    current = session.execute(
-        update(Job).where(Job.id == job_id, Job.attempts == attempt,
-                          Job.status.in_((JobStatus.running.value, JobStatus.cancelling.value)))
-        .values(updated_at=Job.updated_at)  # a no-op write that locks the row against a concurrent hand-back
-    ).rowcount
-    if current != 1:
+    if not lifecycle.hold(session, job_id=job_id, attempt=attempt):
         return None
-    ckpt = Checkpoint(id=new_id("ckpt"), job_id=job_id, attempt=attempt, step=step, total_steps=total_steps,
+    ckpt = Checkpoint(id=lifecycle.new_id("ckpt"), job_id=job_id, attempt=attempt, step=step, total_steps=total_steps,
                       epoch=epoch, reason=reason, path=path, metrics=metrics)
     session.add(ckpt)
-    add_event(session, job_id, "checkpoint", f"checkpoint at step {step}/{total_steps} ({reason})",
+    lifecycle.add_event(session, job_id, "checkpoint", f"checkpoint at step {step}/{total_steps} ({reason})",
               checkpoint_id=ckpt.id, step=step, epoch=epoch, reason=reason, **metrics)
     session.flush()
     old = session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)
@@ -107,9 +102,7 @@ def latest_checkpoint(*, session: Session, job_id: str) -> Checkpoint | None:
 
 def list_checkpoints(*, session: Session, owner_id: int, job_id: str, limit: int,
                      cursor: str | None) -> tuple[list[Checkpoint], str | None]:
-    from app.services.jobs import get_job
-
-    job = get_job(session=session, owner_id=owner_id, job_id=job_id)
+    job = lifecycle.get_owned(session, owner_id=owner_id, job_id=job_id)
     if job.kind != "finetune":
         raise NotFound(f"job {job_id} is a {job.kind} job; only fine-tuning jobs have checkpoints",
                        code="not_found")
@@ -121,22 +114,16 @@ def list_checkpoints(*, session: Session, owner_id: int, job_id: str, limit: int
 # ---- the result ----------------------------------------------------------------------------------------
 
 
-def complete_finetune(*, session: Session, job_id: str, attempt: int, output: dict[str, Any],
-                      usage: dict[str, Any], adapter_path: str) -> bool:
-    """Succeed the job and register its model in one transaction: a user who sees `succeeded` can use
-    `output.model` at once."""
-    from app.services.jobs import complete_job
-
+def register_model(session: Session, *, job_id: str, output: dict[str, Any], adapter_path: str) -> None:
+    """The new model, registered in the transaction that marks its job succeeded (lifecycle.succeed's `also`):
+    a user who sees `succeeded` can use `output.model` at once."""
     job = session.get(Job, job_id)
-    if job is None:
-        return False
+    assert job is not None and job.model is not None
     base = session.get(ModelEntry, job.model)
-    if not complete_job(session=session, job_id=job_id, attempt=attempt, output=output, usage=usage):
-        return False
     session.add(ModelEntry(
         name=output["model"], kind="causal-lm", source_type="adapter", source=adapter_path, base_model=job.model,
         adapter_path=adapter_path, default_gpu=base.default_gpu if base else None, owner_id=job.owner_id,
         job_id=job_id, config={"lora": job.params.get("lora", {})},
     ))
     session.flush()
-    return True
+    forget(session, f"model:{output['model']}")

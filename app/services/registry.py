@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import ApiError, InvalidInput, NotFound
 from app.models import ModelEntry
+from app.services.lookups import forget
 
 SOURCE_TYPES = ("hf_dir", "gguf", "package", "random", "adapter")
 MODEL_KINDS = ("causal-lm", "embedding")
@@ -82,6 +83,7 @@ def add_model(
     entry.kind, entry.source_type, entry.source, entry.default_gpu = kind, source_type, str(p), default_gpu
     session.add(entry)
     session.flush()
+    forget(session, f"model:{name}")
     return entry
 
 
@@ -109,6 +111,7 @@ def delete_model(*, session: Session, name: str, owner_id: int) -> str | None:
                        code="forbidden", status=403)
     session.delete(entry)
     session.flush()
+    forget(session, f"model:{name}")
     return entry.adapter_path
 
 

@@ -1,8 +1,8 @@
-"""Webhook deliveries: written with the job's state change, sent by a sweep in every worker, retried from the
+"""Webhook deliveries: written with the job's state change, sent by the scheduler's sweep, retried from the
 database.
 
-- `job_event` runs inside a transition's transaction (claim, complete, fail, cancel, reconciler) and adds a
-  `webhook_deliveries` row when the job has a webhook whose filter takes the event. Commit or nothing.
+- The lifecycle core (app.jobs.lifecycle) adds a `webhook_deliveries` row inside a transition's transaction
+  when the job has a webhook whose filter takes the event; `batch_event` does the same for a batch's end.
 - `sweep` claims due rows (`next_attempt_at <= now`, FOR UPDATE SKIP LOCKED on PostgreSQL) by pushing
   `next_attempt_at` past a lease, sends them from a small thread pool and records every attempt. A worker that
   dies mid-send leaves the row to be picked up again when the lease ends: at least once, same `webhook-id`.
@@ -22,24 +22,23 @@ from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import exists, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from app import webhooks as signing
 from app.db import Database
 from app.errors import NotFound
+from app.jobs.lifecycle import DEFAULT_WEBHOOK_EVENTS
 from app.models import Batch, Job, JobEvent, WebhookAttempt, WebhookDelivery, WebhookSettings, utcnow
-from app.schemas import DEFAULT_WEBHOOK_EVENTS, iso, job_public
+from app.schemas import iso
 from app.services import webhook_http
+from app.services.lookups import forget
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
-# event type -> the filter name a job subscribes with
-FILTERS = {"job.started": "started", "job.progress": "progress", "job.succeeded": "completed",
-           "job.failed": "completed", "job.cancelled": "completed"}
 ROTATION_OVERLAP = timedelta(hours=24)
 LEASE_EXTRA_S = 60.0
 MAX_RETRY_AFTER_S = 24 * 3600.0
@@ -50,23 +49,6 @@ def _id(prefix: str) -> str:
 
 
 # ---- written with the job's state change ---------------------------------------------------------------
-
-
-def job_event(session: Session, job_id: str, type_: str) -> WebhookDelivery | None:
-    """Queue `type_` (job.started, job.succeeded, ...) for the job's webhook, in the caller's transaction."""
-    job = session.get(Job, job_id, populate_existing=True)
-    if job is None or not job.webhook or FILTERS[type_] not in (job.webhook_events or DEFAULT_WEBHOOK_EVENTS):
-        return None
-    # the transition's compare-and-set holds the job row, so no other transaction numbers this job meanwhile
-    seq = (session.scalar(select(func.max(WebhookDelivery.seq)).where(WebhookDelivery.job_id == job_id)) or 0) + 1
-    now = utcnow()
-    delivery = WebhookDelivery(
-        id=_id("whd"), job_id=job_id, seq=seq, owner_id=job.owner_id, event_type=type_, url=job.webhook,
-        payload={"type": type_, "timestamp": iso(now), "data": job_public(job)}, webhook_id=_id("msg"),
-        status=PENDING, attempts=0, next_attempt_at=now, created_at=now,
-    )
-    session.add(delivery)
-    return delivery
 
 
 def batch_event(session: Session, batch_id: str, type_: str) -> WebhookDelivery | None:
@@ -104,16 +86,10 @@ def owner_settings(session: Session, owner_id: int) -> WebhookSettings:
     return row
 
 
-def default_webhook(session: Session, owner_id: int) -> tuple[str, list[str]] | None:
-    row = session.get(WebhookSettings, owner_id)
-    if row is None or not row.url:
-        return None
-    return row.url, list(row.events)
-
-
 def set_default_webhook(session: Session, owner_id: int, url: str | None, events: list[str]) -> WebhookSettings:
     row = owner_settings(session, owner_id)
     row.url, row.events = url, events
+    forget(session, f"webhook:{owner_id}")
     return row
 
 
@@ -129,11 +105,8 @@ def rotate_secret(session: Session, owner_id: int) -> WebhookSettings:
 def signing_secrets(row: WebhookSettings, now: datetime) -> list[str]:
     keys = [row.secret]
     until = row.previous_expires_at
-    if row.previous_secret and until is not None:
-        if until.tzinfo is None:
-            until = until.replace(tzinfo=timezone.utc)
-        if until > now:
-            keys.append(row.previous_secret)
+    if row.previous_secret and until is not None and until > now:
+        keys.append(row.previous_secret)
     return keys
 
 

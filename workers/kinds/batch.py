@@ -1,4 +1,4 @@
-"""Batch chunks: one message runs a chunk of documents through the model together.
+"""batch: one chunk job runs a chunk of a batch's documents through the model together.
 
 generate and extract hand every request of the chunk to the engine at once, so they share forward passes;
 classify scores every (document, label) pair in padded batches; embed embeds the chunk in padded batches.
@@ -14,16 +14,15 @@ from concurrent.futures import Future
 from typing import Any
 
 import torch
-from celery import shared_task
-from flask import current_app
+from sqlalchemy.orm import Session
 
-from app.queue import RUN_CHUNK_TASK
 from app.services import batches
 from app.services.batches import ChunkWork, ItemResult
 from workers.engines.embedding import EmbeddingEngine
 from workers.engines.generation import GenerationEngine, GenRequest
 from workers.errors import JobFailure
-from workers.model_cache import LoadedModel, ModelSpec, spec_for
+from workers.kinds import JobContext, Outcome
+from workers.model_cache import LoadedModel, ModelSpec
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger("llmos.worker")
@@ -31,46 +30,37 @@ log = logging.getLogger("llmos.worker")
 Item = tuple[int, str, str, dict[str, Any] | None]
 
 
-def runtime() -> WorkerRuntime:
-    return current_app.extensions["llmos_worker"]
-
-
-@shared_task(name=RUN_CHUNK_TASK, bind=True, acks_late=True, ignore_result=True, max_retries=30)
-def run_batch_chunk(self: Any, batch_id: str, seq: int) -> None:
-    from workers.tasks import TRANSIENT_DB, _store
-
-    rt = runtime()
-    key = f"{batch_id}:{seq}"
-    try:
-        with rt.platform.db.session() as session:
-            work = batches.claim_chunk(session=session, batch_id=batch_id, seq=seq, worker_id=rt.worker_id)
-            spec = spec_for(session, work.model) if work else None
-    except TRANSIENT_DB as exc:
-        raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 30)) from None
+def run(ctx: JobContext, rt: WorkerRuntime) -> Outcome:
+    """A chunk job: every document of the chunk through the model together. The documents' results commit with
+    the chunk job's outcome (compare-and-set each); a worker that stops mid-chunk hands the chunk back with
+    what it finished stored, and the next attempt runs only the rest."""
+    assert ctx.batch_id is not None
+    seq = int(ctx.input["seq"])
+    with rt.platform.db.session() as session:
+        work = batches.chunk_work(session=session, batch_id=ctx.batch_id, seq=seq)
     if work is None:
-        log.info("batch=%s chunk=%d not queued any more (duplicate delivery or cancelled); skipped", batch_id, seq)
-        batches.finalize(db=rt.platform.db, settings=rt.platform.settings, batch_id=batch_id)
-        return
-    cancel = rt.job_started(key)
-    t0 = time.monotonic()
+        raise JobFailure("invalid_input", f"batch {ctx.batch_id} no longer exists")
     try:
-        results = process(work, spec, rt, cancel)
+        results = process(work, ctx.model, rt, ctx.cancel)
     except Exception as exc:  # the model would not load, or a crash: every document of the chunk fails alone
         code, message = ((exc.code, exc.message) if isinstance(exc, JobFailure)
                          else ("internal", f"internal error ({exc.__class__.__name__})"))
         if not isinstance(exc, JobFailure):
-            log.exception("batch=%s chunk=%d crashed", batch_id, seq)
+            log.exception("batch=%s chunk=%d crashed", ctx.batch_id, seq)
         results = [ItemResult(idx, error_code=code, error_message=message) for idx, *_ in work.items]
-    finally:
-        rt.job_ended(key)
-    stopping = rt.handing_back(key) or any(r.error_code == "cancelled" for r in results)
+    stopped = any(r.error_code == "cancelled" for r in results)
     kept = [r for r in results if r.error_code != "cancelled"]  # unfinished by a stopping worker: run again
-    _store(rt, lambda s: batches.finish_chunk(session=s, batch_id=batch_id, seq=seq, attempt=work.attempt,
-                                              results=kept, hand_back=stopping))
-    log.info("batch=%s chunk=%d docs=%d failed=%d seconds=%.2f%s", batch_id, seq, len(kept),
-             sum(1 for r in kept if r.error_code), time.monotonic() - t0, " handed back" if stopping else "")
-    if not stopping:
-        batches.finalize(db=rt.platform.db, settings=rt.platform.settings, batch_id=batch_id)
+
+    def store(session: Session) -> None:
+        batches.store_results(session=session, batch_id=work.batch_id, results=kept)
+
+    n_failed = sum(1 for r in kept if r.error_code)
+    log.info("batch=%s chunk=%d docs=%d failed=%d seconds=%.2f%s", ctx.batch_id, seq, len(kept), n_failed,
+             time.monotonic() - ctx.started, " stopped" if stopped else "")
+    if stopped:
+        raise JobFailure("cancelled", f"stopped with {len(kept)} of {len(results)} documents done", also=store)
+    return Outcome({"completed": len(kept) - n_failed, "failed": n_failed},
+                   {"documents": len(kept), "seconds": round(time.monotonic() - ctx.started, 4)}, also=store)
 
 
 def process(work: ChunkWork, spec: ModelSpec | None, rt: WorkerRuntime, cancel: Any) -> list[ItemResult]:

@@ -14,23 +14,27 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from transformers import AutoTokenizer
 
+from app.jobs import lifecycle
 from app.models import Checkpoint, File
-from app.services import datasets, finetunes, jobs
+from app.services import datasets, finetunes
 from workers import loaders
 from workers.engines.finetune import Encoded, Hooks, LoraTrainer, encode
 from workers.errors import JobFailure
+from workers.kinds import JobContext, Outcome
 
 if TYPE_CHECKING:
-    from workers.handlers import JobContext
     from workers.runtime import WorkerRuntime
 
 log = logging.getLogger("llmos.worker")
 
 
-def run_finetune(ctx: JobContext, rt: WorkerRuntime) -> tuple[dict[str, Any], dict[str, Any]]:
+def run(ctx: JobContext, rt: WorkerRuntime) -> Outcome:
     assert ctx.model is not None
     with _training_slot(ctx, rt):
-        return _train(ctx, rt)
+        output, usage = _train(ctx, rt)
+    adapter = str(finetunes.job_dir(rt.platform.settings, ctx.id) / "adapter")
+    return Outcome(output, usage, also=lambda s: finetunes.register_model(s, job_id=ctx.id, output=output,
+                                                                          adapter_path=adapter))
 
 
 @contextmanager
@@ -51,7 +55,7 @@ def _training_slot(ctx: JobContext, rt: WorkerRuntime) -> Iterator[None]:
 
 def _event(rt: WorkerRuntime, job_id: str, type_: str, message: str, **data: Any) -> None:
     with rt.platform.db.session() as session:
-        jobs.add_event(session, job_id, type_, message, **data)
+        lifecycle.add_event(session, job_id, type_, message, **data)
 
 
 def _dataset(rt: WorkerRuntime, ctx: JobContext, field: str, tok: Any) -> list[Encoded]:
@@ -105,7 +109,7 @@ def _train(ctx: JobContext, rt: WorkerRuntime) -> tuple[dict[str, Any], dict[str
     def stop() -> str | None:
         if ctx.cancel.is_set():
             return "cancelled"
-        if time.monotonic() > ctx.started + ctx.timeout_s:
+        if time.monotonic() > ctx.deadline:
             return "timeout"
         return None
 

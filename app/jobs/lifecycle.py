@@ -1,0 +1,398 @@
+"""The only code that changes a job's status (a test fails if any other module updates the jobs table).
+
+Each transition is one function that runs in the caller's transaction (one `with db.session()`) and does, in
+that transaction, the compare-and-set on (status, attempt) along an edge of states.TRANSITIONS, the event row,
+and the outbox / webhook-delivery rows the transition implies. A transition that finds the job elsewhere (a
+duplicate delivery, a late worker, a cancel that won) changes nothing and returns False / None.
+
+Wake-ups for other processes (a job ended: long-polls; a cancel: its worker) are noted on the session and sent
+by `Database.session` after the commit, never before.
+
+A batch's chunks are jobs with `batch_id` set: the same transitions run them; the batch's own status moves
+here too (started with its first chunk, cancelling, finished once by its finaliser).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from app.errors import Conflict, NotFound
+from app.jobs.states import TRANSITIONS, JobStatus, sources
+from app.models import Batch, BatchItem, Job, JobEvent, Outbox, WebhookDelivery, utcnow
+
+Also = Callable[[Session], None]  # more writes that belong to the same transaction (items, a new model)
+
+# webhook event type -> the filter name a job subscribes with
+WEBHOOK_FILTERS = {"job.started": "started", "job.progress": "progress", "job.succeeded": "completed",
+                   "job.failed": "completed", "job.cancelled": "completed"}
+DEFAULT_WEBHOOK_EVENTS = ("completed",)
+
+ENDED = "ended"  # signal channels (app.jobs.signals)
+CANCEL = "cancel"
+INVALIDATE = "invalidate"
+
+_NO_SYNC = {"synchronize_session": False}
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def note(session: Session, channel: str, value: str) -> None:
+    """A wake-up to send once this transaction commits (Database.session sends them)."""
+    session.info.setdefault("llmos.signals", []).append((channel, value))
+
+
+def add_event(session: Session, job_id: str, type_: str, message: str = "", **data: Any) -> None:
+    """An event on a job's timeline that changes nothing else (dataset read, training started, ...)."""
+    session.execute(insert(JobEvent.__table__).values(job_id=job_id, type=type_, message=message, data=data,
+                                                      created_at=utcnow()))
+
+
+def _events(session: Session, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        now = utcnow()
+        session.execute(insert(JobEvent.__table__), [{"message": "", "data": {}, "created_at": now, **r} for r in rows])
+
+
+def _webhook(session: Session, job_id: str, type_: str, url: str | None, events: list[str] | None) -> None:
+    """A delivery row for `type_` when the job's webhook filter takes it; nothing is read for jobs without one."""
+    if not url or WEBHOOK_FILTERS[type_] not in (events or DEFAULT_WEBHOOK_EVENTS):
+        return
+    from app.schemas import iso, job_public
+
+    job = session.get(Job, job_id, populate_existing=True)
+    assert job is not None
+    # the compare-and-set above holds the job's row, so no other transaction numbers this job meanwhile
+    seq = (session.scalar(select(func.max(WebhookDelivery.seq)).where(WebhookDelivery.job_id == job_id)) or 0) + 1
+    now = utcnow()
+    session.add(WebhookDelivery(
+        id=new_id("whd"), job_id=job_id, seq=seq, owner_id=job.owner_id, event_type=type_, url=url,
+        payload={"type": type_, "timestamp": iso(now), "data": job_public(job)}, webhook_id=new_id("msg"),
+        status="pending", attempts=0, next_attempt_at=now, created_at=now,
+    ))
+    session.flush()
+
+
+def _cas(session: Session, name: str, job_id: str, attempt: int | None, values: dict[str, Any],
+         *returning: Any) -> Any:
+    """UPDATE jobs ... WHERE id AND status IN (the transition's sources) [AND attempts = attempt] RETURNING ..."""
+    t = TRANSITIONS[name]
+    guard: list[ColumnElement[bool]] = [Job.id == job_id, Job.status.in_(sources(name))]
+    if attempt is not None:
+        guard.append(Job.attempts == attempt)
+    values = {"status": t.target.value, "updated_at": utcnow(), **values}
+    stmt = update(Job).where(*guard).values(**values).returning(*returning, Job.webhook, Job.webhook_events)
+    return session.execute(stmt, execution_options=_NO_SYNC).one_or_none()
+
+
+# ---- submit --------------------------------------------------------------------------------------------
+
+
+def submit(session: Session, job: Job, *, warning: str | None = None, warning_data: dict[str, Any] | None = None
+           ) -> Outbox:
+    """A new queued job, its `queued` event and its outbox row, in the caller's transaction. Returns the outbox
+    row (its id is what the fast path marks sent after publishing)."""
+    job.status = JobStatus.queued.value
+    job.attempts = 0
+    now = utcnow()
+    job.created_at = job.updated_at = now
+    box = Outbox(job_id=job.id, queue=job.queue, priority=job.priority, created_at=now)
+    session.add_all([job, JobEvent(job_id=job.id, type="queued", message=f"queued on {job.queue}",
+                                   data={"queue": job.queue, "priority": job.priority}, created_at=now)])
+    if warning:
+        session.add(JobEvent(job_id=job.id, type="warning", message=warning, data=warning_data or {},
+                             created_at=now))
+    session.add(box)
+    session.flush()
+    return box
+
+
+def submit_many(session: Session, rows: list[dict[str, Any]]) -> list[tuple[int, str, str, int]]:
+    """Many new queued jobs at once (a batch's chunks): bulk inserts, no per-row round trip.
+    Returns (outbox id, job id, queue, priority) for the fast path."""
+    if not rows:
+        return []
+    now = utcnow()
+    session.execute(insert(Job.__table__), [{"status": JobStatus.queued.value, "attempts": 0, "created_at": now,
+                                             "updated_at": now, "metadata": {}, **r} for r in rows])
+    _events(session, [{"job_id": r["id"], "type": "queued", "message": f"queued on {r['queue']}",
+                       "data": {"queue": r["queue"], "priority": r["priority"]}} for r in rows])
+    ids = session.execute(insert(Outbox.__table__).returning(Outbox.id, Outbox.job_id, Outbox.queue, Outbox.priority),
+                          [{"job_id": r["id"], "queue": r["queue"], "priority": r["priority"], "created_at": now}
+                           for r in rows]).all()
+    return [tuple(r) for r in ids]  # type: ignore[misc]
+
+
+def republish(session: Session, *, job_id: str, queue: str, priority: int, reason: str) -> bool:
+    """A queued job whose message was lost gets a new outbox row (no status change)."""
+    status = session.scalar(select(Job.status).where(Job.id == job_id))
+    if status != JobStatus.queued.value:
+        return False
+    session.add(Outbox(job_id=job_id, queue=queue, priority=priority, created_at=utcnow()))
+    add_event(session, job_id, "republished", reason)
+    return True
+
+
+# ---- the worker's side ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a worker needs to run a job, read by the claim itself (UPDATE ... RETURNING)."""
+
+    id: str
+    kind: str
+    model: str | None
+    input: dict[str, Any]
+    params: dict[str, Any]
+    timeout_s: int
+    attempt: int
+    owner_id: int
+    batch_id: str | None
+    started_at: datetime
+
+
+def claim(session: Session, *, job_id: str, worker_id: str) -> Claim | None:
+    """queued -> running, attempt + 1. None when the job is not queued (duplicate delivery, cancelled, gone)."""
+    now = utcnow()
+    row = _cas(session, "claim", job_id, None,
+               {"attempts": Job.attempts + 1, "worker_id": worker_id, "started_at": now, "progress": None},
+               Job.kind, Job.model, Job.input, Job.params, Job.timeout_s, Job.attempts, Job.owner_id, Job.batch_id)
+    if row is None:
+        return None
+    kind, model, input_, params, timeout_s, attempt, owner_id, batch_id, url, events = row
+    add_event(session, job_id, "running", f"started on {worker_id}", worker_id=worker_id, attempt=attempt)
+    if batch_id is not None:  # the batch starts with its first chunk
+        session.execute(update(Batch).where(Batch.id == batch_id, Batch.status == JobStatus.queued.value)
+                        .values(status=JobStatus.running.value, started_at=now, updated_at=now),
+                        execution_options=_NO_SYNC)
+    _webhook(session, job_id, "job.started", url, events)
+    return Claim(job_id, kind, model, dict(input_), dict(params or {}), timeout_s, attempt, owner_id, batch_id, now)
+
+
+def progress(session: Session, *, job_id: str, attempt: int, done: int, total: int, message: str = "",
+             **metrics: Any) -> bool:
+    """job.progress = {done, total, fraction, message, **metrics}; a `progress` event and webhook with the same."""
+    value = {"done": done, "total": total, "fraction": round(done / total, 4) if total else None,
+             "message": message, **metrics}
+    row = _cas(session, "progress", job_id, attempt, {"progress": value})
+    if row is None:
+        return False
+    add_event(session, job_id, "progress", message or f"{done}/{total}", done=done, total=total, **metrics)
+    _webhook(session, job_id, "job.progress", *row)
+    return True
+
+
+def hold(session: Session, *, job_id: str, attempt: int) -> bool:
+    """Lock the job's row for the rest of the transaction if `attempt` still owns it (a checkpoint is written only
+    by the current attempt; a concurrent hand-back waits for it)."""
+    stmt = select(Job.id).where(Job.id == job_id, Job.attempts == attempt,
+                                Job.status.in_(sources("succeed"))).with_for_update()
+    return session.scalar(stmt) is not None
+
+
+def _end(session: Session, name: str, job_id: str, attempt: int | None, values: dict[str, Any],
+         message: str, data: dict[str, Any], also: Also | None = None) -> bool:
+    row = _cas(session, name, job_id, attempt, {"finished_at": utcnow(), **values}, Job.batch_id)
+    if row is None:
+        return False
+    batch_id, url, events = row
+    target = TRANSITIONS[name].target
+    add_event(session, job_id, target.value, message, **data)
+    if also is not None:
+        also(session)
+    _webhook(session, job_id, f"job.{target.value}", url, events)
+    note(session, ENDED, job_id)
+    if batch_id is not None:
+        note(session, "batch_chunk_ended", batch_id)
+    return True
+
+
+def succeed(session: Session, *, job_id: str, attempt: int, output: dict[str, Any], usage: dict[str, Any],
+            also: Also | None = None) -> bool:
+    """running | cancelling -> succeeded, with its output; `also` writes what must commit with it (the model a
+    fine-tune registers, a chunk's documents)."""
+    return _end(session, "succeed", job_id, attempt, {"output": output, "usage": usage}, "finished",
+                {"usage": usage}, also)
+
+
+def fail(session: Session, *, job_id: str, attempt: int, code: str, message: str,
+         usage: dict[str, Any] | None = None, output: dict[str, Any] | None = None, also: Also | None = None) -> bool:
+    """running | cancelling -> failed (or cancelled, for code `cancelled`: the worker stopped on a cancel).
+    `output` keeps what a stopped job made before it stopped."""
+    name = "stop_cancelled" if code == "cancelled" else "fail"
+    values: dict[str, Any] = {"error_code": code, "error_message": message, "usage": usage}
+    if output is not None:
+        values["output"] = output
+    return _end(session, name, job_id, attempt, values, message, {"code": code}, also)
+
+
+def hand_back(session: Session, *, job_id: str, attempt: int, reason: str, also: Also | None = None) -> bool:
+    """A stopping worker returns a running job to the queue for its next attempt (with a new outbox row); a
+    user's cancel that came meanwhile wins and ends it cancelled."""
+    status = session.scalar(select(Job.status).where(Job.id == job_id))
+    if status == JobStatus.cancelling.value:
+        return fail(session, job_id=job_id, attempt=attempt, code="cancelled", message="cancelled while running",
+                    also=also)
+    row = _cas(session, "hand_back", job_id, attempt, {"worker_id": None, "started_at": None},
+               Job.queue, Job.priority)
+    if row is None:
+        return False
+    queue, priority, _url, _events_ = row
+    add_event(session, job_id, "retry", f"{reason}; handed back for attempt {attempt + 1}", attempt=attempt + 1)
+    session.add(Outbox(job_id=job_id, queue=queue, priority=priority, created_at=utcnow()))
+    if also is not None:
+        also(session)
+    return True
+
+
+# ---- the user's side -----------------------------------------------------------------------------------
+
+
+def get_owned(session: Session, *, owner_id: int, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.owner_id != owner_id:
+        raise NotFound(f"no job {job_id!r}", code="job_not_found")
+    return job
+
+
+def cancel(session: Session, *, owner_id: int, job_id: str) -> Job:
+    """A queued job is cancelled at once and never runs; a running one is asked to stop (its worker hears it at
+    once through the signals, or within a few seconds by its fallback poll)."""
+    job = get_owned(session, owner_id=owner_id, job_id=job_id)
+    now = utcnow()
+    if job.status == JobStatus.queued.value:
+        if _end(session, "cancel_queued", job_id, None,
+                {"cancel_requested_at": now, "error_code": "cancelled",
+                 "error_message": "cancelled by the user before it ran"}, "cancelled before it ran", {}):
+            session.refresh(job)
+            return job
+        session.refresh(job)
+    if job.status == JobStatus.running.value:
+        if _cas(session, "request_cancel", job_id, None, {"cancel_requested_at": now}) is not None:
+            add_event(session, job_id, "cancelling", "cancel requested; the worker stops between steps")
+            note(session, CANCEL, job_id)
+        session.refresh(job)
+        return job
+    if job.status in (JobStatus.cancelling.value, JobStatus.cancelled.value):
+        return job
+    raise Conflict(f"job {job_id} already {job.status}; only queued or running jobs can be cancelled",
+                   code="job_finished")
+
+
+# ---- the scheduler's side ------------------------------------------------------------------------------
+
+
+def recover_lost(session: Session, *, job_id: str, status: str, attempt: int, max_attempts: int,
+                 worker_id: str | None) -> str | None:
+    """The worker of a running job stopped heart-beating: re-queue it for its next attempt, fail it with
+    `worker_lost` when it has used its attempts, or end it cancelled when a cancel was under way.
+    Returns what happened ("requeued", "failed", "cancelled") or None when the job had moved on."""
+    msg = f"worker {worker_id} stopped heart-beating during attempt {attempt}"
+    lost = {"worker_id": worker_id, "attempt": attempt}
+    if status == JobStatus.cancelling.value:
+        if _end(session, "cancel_lost", job_id, attempt,
+                {"error_code": "cancelled", "error_message": "cancelled (its worker was lost while stopping)"},
+                "cancelled", {"code": "cancelled"}):
+            _events(session, [{"job_id": job_id, "type": "worker_lost", "message": msg, "data": lost}])
+            return "cancelled"
+        return None
+    if attempt >= max_attempts:
+        if _end(session, "fail_lost", job_id, attempt,
+                {"error_code": "worker_lost", "error_message": f"{msg}; no attempts left ({attempt}/{max_attempts})"},
+                "no attempts left", {"code": "worker_lost"}):
+            _events(session, [{"job_id": job_id, "type": "worker_lost", "message": msg, "data": lost}])
+            return "failed"
+        return None
+    row = _cas(session, "requeue_lost", job_id, attempt, {"worker_id": None, "started_at": None},
+               Job.queue, Job.priority)
+    if row is None:
+        return None
+    queue, priority, _url, _events_ = row
+    _events(session, [
+        {"job_id": job_id, "type": "worker_lost", "message": msg, "data": lost},
+        {"job_id": job_id, "type": "retry", "message": f"re-queued for attempt {attempt + 1}",
+         "data": {"attempt": attempt + 1, "queue": queue}},
+    ])
+    session.add(Outbox(job_id=job_id, queue=queue, priority=priority, created_at=utcnow()))
+    return "requeued"
+
+
+def expire(session: Session, *, job_id: str, attempt: int, message: str) -> bool:
+    """A job running past its time limit whose worker did not stop it (hung, or a chunk stuck) fails `timeout`;
+    the worker's late outcome then changes nothing."""
+    return _end(session, "expire", job_id, attempt, {"error_code": "timeout", "error_message": message}, message,
+                {"code": "timeout"})
+
+
+# ---- batches: their status follows their chunks ----------------------------------------------------------
+
+
+def cancel_batch(session: Session, *, owner_id: int, batch_id: str) -> Batch:
+    """queued | running -> cancelling: chunks not started are cancelled with their documents; running chunks
+    finish, and what finished stays in the output. `cancelled` once finalised."""
+    b = session.get(Batch, batch_id)
+    if b is None or b.owner_id != owner_id:
+        raise NotFound(f"no batch {batch_id!r}", code="batch_not_found")
+    if b.status in (JobStatus.cancelling.value, JobStatus.cancelled.value):
+        return b
+    now = utcnow()
+    res = session.execute(update(Batch).where(
+        Batch.id == batch_id, Batch.status.in_((JobStatus.queued.value, JobStatus.running.value)))
+        .values(status=JobStatus.cancelling.value, cancel_requested_at=now, updated_at=now),
+        execution_options=_NO_SYNC)
+    if res.rowcount != 1:  # type: ignore[attr-defined]
+        session.refresh(b)
+        raise Conflict(f"batch {batch_id} already {b.status}; only queued or running batches can be cancelled",
+                       code="batch_finished")
+    t = TRANSITIONS["cancel_queued"]
+    cancelled = session.execute(
+        update(Job).where(Job.batch_id == batch_id, Job.status.in_(sources("cancel_queued")))
+        .values(status=t.target.value, finished_at=now, updated_at=now, cancel_requested_at=now,
+                error_code="cancelled", error_message="batch cancelled before this chunk ran")
+        .returning(Job.id, Job.input), execution_options=_NO_SYNC).all()
+    _events(session, [{"job_id": jid, "type": "cancelled", "message": "batch cancelled"} for jid, _ in cancelled])
+    seqs = [inp["seq"] for _, inp in cancelled]
+    for start in range(0, len(seqs), 1000):
+        session.execute(update(BatchItem).where(BatchItem.batch_id == batch_id, BatchItem.status == "queued",
+                                                BatchItem.chunk.in_(seqs[start:start + 1000]))
+                        .values(status="cancelled", error_code="cancelled", error_message="batch cancelled"),
+                        execution_options=_NO_SYNC)
+    session.refresh(b)
+    return b
+
+
+def batch_open_chunks(session: Session, batch_id: str) -> int:
+    return session.scalar(select(func.count()).select_from(Job).where(
+        Job.batch_id == batch_id, Job.status.not_in([s.value for s in (JobStatus.succeeded, JobStatus.failed,
+                                                                       JobStatus.cancelled)]))) or 0
+
+
+def finish_batch(session: Session, *, batch_id: str, claim_at: datetime, values: dict[str, Any],
+                 event: Callable[[Session, str], None]) -> bool:
+    """The batch's final state, once: compare-and-set on the finaliser's claim. `event` queues its webhook."""
+    b = session.get(Batch, batch_id)
+    if b is None:
+        return False
+    res = session.execute(update(Batch).where(
+        Batch.id == batch_id, Batch.status == b.status, Batch.finalizing_at == claim_at,
+        Batch.output_file_id.is_(None)).values(finished_at=utcnow(), updated_at=utcnow(), **values),
+        execution_options=_NO_SYNC)
+    if res.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    session.expire(b)
+    event(session, f"batch.{values['status']}")
+    return True
+
+
+def statuses_of(session: Session, job_ids: Iterable[str]) -> dict[str, str]:
+    ids = list(job_ids)
+    return dict(session.execute(select(Job.id, Job.status).where(Job.id.in_(ids))).all()) if ids else {}  # type: ignore[arg-type]
