@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask
 
 from app.db import Database
 from app.jobs.dispatch import Dispatcher
 from app.jobs.lifecycle import ENDED
-from app.jobs.signals import Bus, Waiters, bus_for
+from app.jobs.signals import Waiters, bus_for
+from app.platform import Platform, platform
 from app.queue import Publisher, celery_init_app
 from app.services.lookups import Lookups
-from app.settings import Settings, load_settings
-
-
-@dataclass
-class Platform:
-    """What every request and task needs: settings, the database, the publisher, the dispatcher (outbox fast
-    path), the signals bus and the long-poll waiters of this process."""
-
-    settings: Settings
-    db: Database
-    publisher: Publisher
-    bus: Bus
-    dispatcher: Dispatcher
-    waiters: Waiters
-    lookups: Lookups
+from app.settings import load_settings
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -49,5 +35,4 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     return app
 
 
-def platform() -> Platform:
-    return current_app.extensions["llmos"]
+__all__ = ["Platform", "create_app", "platform"]

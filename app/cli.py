@@ -241,7 +241,11 @@ def dev(host: str, port: int, demo: bool) -> None:
     sched = _scheduler(create_app().extensions["llmos"])
     sched.start()
 
-    signal.signal(signal.SIGTERM, lambda *a: (_stop(), sys.exit(0)))
+    def _terminate(*_: Any) -> None:
+        _stop()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         base = f"http://{host}:{port}"
         _wait_healthy(base, procs)

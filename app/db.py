@@ -63,6 +63,11 @@ class Database:
         self.engine.dispose()
 
 
+def rowcount(result: Any) -> int:
+    """Rows an UPDATE or DELETE changed (typed: SQLAlchemy's Result type does not declare it)."""
+    return int(getattr(result, "rowcount", 0))
+
+
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]

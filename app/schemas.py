@@ -10,11 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, f
 
 from app.errors import InvalidInput
 from app.jobs import kinds
-from app.jobs.lifecycle import DEFAULT_WEBHOOK_EVENTS
 from app.models import Checkpoint, Job, JobEvent, ModelEntry, WebhookAttempt, WebhookDelivery, Worker
 from app.queue import ANY, GPU_TYPES
-from app.services.webhook_http import UnsafeUrl, check_url
 from app.settings import Settings
+from app.webhook_http import UnsafeUrl, check_url
 
 
 class _Strict(BaseModel):
@@ -22,6 +21,10 @@ class _Strict(BaseModel):
 
 
 WebhookEvent = Literal["started", "progress", "completed"]
+DEFAULT_WEBHOOK_EVENTS = ("completed",)
+# webhook event type -> the filter name a job subscribes with
+WEBHOOK_FILTERS = {"job.started": "started", "job.progress": "progress", "job.succeeded": "completed",
+                   "job.failed": "completed", "job.cancelled": "completed"}
 
 
 class JobCreate(_Strict):
@@ -74,11 +77,15 @@ class JobCreate(_Strict):
         return v
 
 
+def _default_events() -> list[WebhookEvent]:
+    return ["completed"]
+
+
 class WebhookDefault(_Strict):
     """PUT /webhooks/default: the URL and filter for jobs that name no webhook; url null turns it off."""
 
     url: str | None = Field(None, min_length=1, max_length=2048)
-    events: list[WebhookEvent] = Field(default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS), min_length=1)
+    events: list[WebhookEvent] = Field(default_factory=_default_events, min_length=1)
 
     @field_validator("events")
     @classmethod

@@ -9,10 +9,18 @@ to a file) against the same Postgres and Redis:
   `send_task` to Redis. No auth, no validation, no outbox.
 
 The bench makes its own database (dropped at the end), runs `llmos db upgrade` and `llmos keys create` against
-it, and uses Redis db 13 (flushed before and after). No worker runs: the jobs stay queued.
+it, and uses Redis db 13 (flushed before and after). No worker runs: the jobs stay queued. The targets take
+turns (llmos, naive, llmos, naive, ...) for --rounds rounds, so a noisy machine hits both alike; medians are
+printed.
 
-    python bench/intake.py                       # 2000 requests per target, 16 client threads
-    python bench/intake.py --requests 5000 --concurrency 32
+It then counts the database round trips of one POST /jobs in the common case, in-process: the same app on a
+Flask test client (same database, Redis and key), SQLAlchemy events on its engine, after a warm-up request (the
+caches are warm): statements, BEGINs (psycopg 3 sends one before a transaction's first statement, a round trip
+of its own) and COMMITs, on the request's thread and on background threads (the outbox marking).
+
+    python bench/intake.py                       # 3 rounds of 2000 requests per target, 16 client threads
+    python bench/intake.py --requests 5000 --concurrency 32 --rounds 5
+    PYTHONPATH=/path/to/other/checkout python bench/intake.py   # the same bench against another version
 """
 
 from __future__ import annotations
@@ -27,19 +35,22 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis
 from celery import Celery
 from flask import Flask, request
-from sqlalchemy import JSON, String, create_engine, text
+from sqlalchemy import JSON, Engine, String, create_engine, event, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 HERE = Path(__file__).resolve().parent
@@ -165,9 +176,11 @@ class Result:
         return 1000 * ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else float("nan")
 
 
-def drive(port: int, headers: dict[str, str], requests: int, concurrency: int) -> Result:
-    """POST BODY to /jobs `requests` times from `concurrency` threads, each on its own keep-alive connection."""
-    payload = json.dumps(BODY).encode()
+def drive(port: int, headers: dict[str, str], requests: int, concurrency: int,
+          body: dict[str, Any] | None = None) -> Result:
+    """POST `body` (default BODY) to /jobs `requests` times from `concurrency` threads, each on its own
+    keep-alive connection."""
+    payload = json.dumps(BODY if body is None else body).encode()
     headers = {"Content-Type": "application/json", **headers}
     tickets = itertools.count()  # next() on a count is atomic under the GIL
 
@@ -198,7 +211,168 @@ def drive(port: int, headers: dict[str, str], requests: int, concurrency: int) -
     return Result([x for lat, _ in outcomes for x in lat], [e for _, errs in outcomes for e in errs], seconds)
 
 
+# ---- database round trips, counted in-process ------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    statements: int = 0
+    begins: int = 0
+    commits: int = 0
+    rollbacks: int = 0
+    sql: list[str] = field(default_factory=list)
+
+    @property
+    def round_trips(self) -> int:
+        return self.begins + self.statements + self.commits + self.rollbacks
+
+
+class RoundTrips:
+    """What an engine sends to the database, per thread name: statements (`before_cursor_execute`), BEGINs
+    (psycopg 3 sends `BEGIN` as a round trip of its own before the first statement of a transaction), COMMITs
+    and ROLLBACKs that reach the server (psycopg skips them on an idle connection). Counts only while `on`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.on = False
+        self.threads: dict[str, Tally] = {}
+        self._lock = threading.Lock()
+        event.listen(engine, "before_cursor_execute", self._statement)
+        event.listen(engine, "commit", self._commit)
+        event.listen(engine, "rollback", self._rollback)
+
+    def close(self) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._statement)
+        event.remove(self.engine, "commit", self._commit)
+        event.remove(self.engine, "rollback", self._rollback)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.threads = {}
+
+    def _tally(self) -> Tally:
+        name = threading.current_thread().name
+        with self._lock:
+            return self.threads.setdefault(name, Tally())
+
+    @staticmethod
+    def _in_transaction(dbapi_conn: Any) -> bool:
+        info = getattr(dbapi_conn, "info", None)  # psycopg 3; other drivers: assume a transaction is open
+        status = getattr(info, "transaction_status", None)
+        return status is None or int(status) != 0  # 0: IDLE
+
+    def _statement(self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
+                   executemany: bool) -> None:
+        if not self.on:
+            return
+        t = self._tally()
+        dbapi_conn = getattr(cursor, "connection", None)
+        if dbapi_conn is not None and not getattr(dbapi_conn, "autocommit", False) \
+                and not self._in_transaction(dbapi_conn):
+            t.begins += 1
+        t.statements += 1
+        t.sql.append(" ".join(statement.split())[:110])
+
+    def _commit(self, conn: Any) -> None:
+        if self.on and self._in_transaction(conn.connection.dbapi_connection):
+            self._tally().commits += 1
+
+    def _rollback(self, conn: Any) -> None:
+        if self.on and self._in_transaction(conn.connection.dbapi_connection):
+            self._tally().rollbacks += 1
+
+    def total(self, *, thread: str | None = None, exclude: str | None = None) -> Tally:
+        out = Tally()
+        with self._lock:
+            items = list(self.threads.items())
+        for name, t in items:
+            if (thread is not None and name != thread) or (exclude is not None and name == exclude):
+                continue
+            out.statements += t.statements
+            out.begins += t.begins
+            out.commits += t.commits
+            out.rollbacks += t.rollbacks
+            out.sql += t.sql
+        return out
+
+
+def sql_shape(statement: str) -> str:
+    """`INSERT INTO jobs ...` -> `INSERT jobs`, for a short summary of what a request sends."""
+    words = statement.replace('"', "").split()
+    if not words:
+        return "?"
+    verb = words[0].upper()
+    table = ""
+    for marker in ("INTO", "UPDATE", "FROM"):
+        if marker in (w.upper() for w in words):
+            idx = [w.upper() for w in words].index(marker)
+            if idx + 1 < len(words):
+                table = words[idx + 1].split("(")[0]
+                break
+    return f"{verb} {table}".strip()
+
+
+def llmos_config(db_url: str, broker_url: str, data_dir: Path) -> dict[str, Any]:
+    return {"env": "production", "database_url": db_url, "broker_url": broker_url, "data_dir": str(data_dir)}
+
+
+def count_submit_round_trips(*, db_url: str, broker_url: str, data_dir: Path, key: str, body: dict[str, Any],
+                             posts: int = 50) -> tuple[Tally, Tally, float, list[str]]:
+    """POST body `posts` times through a Flask test client after one warm-up request.
+    Returns (the request's own thread, background threads, POSTs per second, the statements of one POST)."""
+    from app import create_app
+
+    app = create_app(llmos_config(db_url, broker_url, data_dir))
+    engine = app.extensions["llmos"].db.engine
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {key}"}
+    counter = RoundTrips(engine)
+    main = threading.current_thread().name
+    try:
+        for _ in range(2):  # warm-up: connections, caches (key, model, webhook, gpu types), prepared plans
+            res = client.post("/jobs", json=body, headers=headers)
+            if res.status_code != 202:
+                sys.exit(f"in-process POST /jobs answered {res.status_code}: {res.get_data(as_text=True)[:500]}")
+        time.sleep(0.5)  # let a background outbox flush of the warm-up pass
+        counter.on = True
+        res = client.post("/jobs", json=body, headers=headers)
+        one = list(counter.total(thread=main).sql)
+        counter.reset()
+        t0 = time.perf_counter()
+        for _ in range(posts):
+            res = client.post("/jobs", json=body, headers=headers)
+            assert res.status_code == 202, res.get_data(as_text=True)
+        rate = posts / (time.perf_counter() - t0)
+        time.sleep(1.0)  # background marking of the outbox rows (every 0.2 s) lands inside the window
+        counter.on = False
+        return counter.total(thread=main), counter.total(exclude=main), rate, one
+    finally:
+        counter.close()
+        app.extensions["llmos"].db.dispose()
+
+
+def print_round_trips(label: str, own: Tally, background: Tally, per: int, one: list[str]) -> None:
+    print(f"{label}: on the request's thread, per POST: {own.statements / per:.2f} statements, "
+          f"{own.begins / per:.2f} BEGIN, {own.commits / per:.2f} COMMIT, {own.rollbacks / per:.2f} ROLLBACK "
+          f"= {own.round_trips / per:.2f} round trips")
+    print(f"{' ' * len(label)}  background threads (outbox marking, amortised over {per} sequential POSTs): "
+          f"{background.statements / per:.3f} statements, {background.round_trips / per:.3f} round trips per POST")
+    shapes = Counter(sql_shape(s) for s in one)
+    print(f"{' ' * len(label)}  one POST sends: " + ", ".join(f"{n} x {s}" if n > 1 else s for s, n in shapes.items()))
+
+
 # ---- the run -------------------------------------------------------------------------------------------
+
+
+def app_origin() -> str:
+    """Where `app` is imported from (this checkout, or another one on PYTHONPATH), with its git commit."""
+    import app
+
+    root = Path(app.__file__).resolve().parents[1]
+    done = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "app", "workers"],
+                           capture_output=True, text=True).stdout.strip()
+    return f"{root} @ {done.stdout.strip() or '?'}{' (+ uncommitted changes)' if dirty else ''}"
 
 
 def queued_messages(redis_client: Any, prefix: str) -> int:
@@ -215,6 +389,8 @@ def main() -> None:
     parser.add_argument("--pg-admin", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
                         help="a Postgres URL allowed to CREATE DATABASE")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/13", help="Redis URL; its db is flushed")
+    parser.add_argument("--rounds", type=int, default=3, help="timed runs per target, taking turns (default 3)")
+    parser.add_argument("--posts", type=int, default=50, help="POSTs counted for the round trips (default 50)")
     args = parser.parse_args()
 
     name = f"llmos_bench_{secrets.token_hex(4)}"
@@ -244,10 +420,15 @@ def main() -> None:
             procs.append(start(server(ports[target]), env, log))
             wait_healthy(ports[target], procs[-1], log)
 
-        results = {}
         for target, (_, headers) in targets.items():
             drive(ports[target], headers, args.warmup, args.concurrency)
-            results[target] = drive(ports[target], headers, args.requests, args.concurrency)
+        runs: dict[str, list[Result]] = {target: [] for target in targets}
+        for _ in range(args.rounds):  # take turns, so that a noisy machine hits both targets alike
+            for target, (_, headers) in targets.items():
+                runs[target].append(drive(ports[target], headers, args.requests, args.concurrency))
+        results = {t: Result([x for r_ in rs for x in r_.latencies], [e for r_ in rs for e in r_.errors],
+                             sum(r_.seconds for r_ in rs)) for t, rs in runs.items()}
+        rates = {t: statistics.median(r_.rate for r_ in rs) for t, rs in runs.items()}
 
         with engine.connect() as c:
             rows = {"llmos": c.scalar(text("SELECT count(*) FROM jobs")),
@@ -256,23 +437,36 @@ def main() -> None:
         engine.dispose()
         messages = {"llmos": queued_messages(r, "generate."), "naive": queued_messages(r, NAIVE_QUEUE)}
 
-        print(f"POST /jobs intake: {args.requests} requests per target after {args.warmup} warm-up, "
-              f"{args.concurrency} client threads")
+        own, background, inproc_rate, one = count_submit_round_trips(
+            db_url=db_url, broker_url=args.redis, data_dir=tmp / "data", key=key, body=BODY, posts=args.posts)
+
+        print(f"POST /jobs intake: {args.rounds} round(s) of {args.requests} requests per target (taking turns) "
+              f"after {args.warmup} warm-up, {args.concurrency} client threads")
         print(f"gunicorn 2 workers x 16 threads (gthread) per target; Postgres {pg_version}, "
               f"Redis {r.info('server')['redis_version']}; {os.cpu_count()} CPUs shared by client, servers, "
-              f"Postgres and Redis ({platform.python_implementation()} {platform.python_version()})")
+              f"Postgres and Redis ({platform.python_implementation()} {platform.python_version()}); "
+              f"app from {app_origin()}")
         print()
-        print(f"{'target':<8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'rows':>8}{'messages':>10}")
+        print(f"{'target':<8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'rows':>8}{'messages':>10}"
+              f"   req/s per round")
         for target, res in results.items():
-            print(f"{target:<8}{res.rate:>9.0f}{res.percentile_ms(50):>9.1f}{res.percentile_ms(99):>9.1f}"
-                  f"{len(res.errors):>8}{rows[target]:>8}{messages[target]:>10}")
+            print(f"{target:<8}{rates[target]:>9.0f}{res.percentile_ms(50):>9.1f}{res.percentile_ms(99):>9.1f}"
+                  f"{len(res.errors):>8}{rows[target]:>8}{messages[target]:>10}   "
+                  + " ".join(f"{r_.rate:.0f}" for r_ in runs[target]))
         print()
-        print(f"rows and messages count warm-up too (expected {args.requests + args.warmup} each); "
-              f"llmos outbox rows left unsent: {unsent}")
-        print(f"llmos/naive rate: {results['llmos'].rate / results['naive'].rate:.2f}")
+        print(f"req/s: median of the rounds; p50/p99: all rounds' requests. Rows and messages count warm-up too "
+              f"(expected {args.rounds * args.requests + args.warmup} each); llmos outbox rows left unsent: {unsent}")
+        ratios = [a.rate / b.rate for a, b in zip(runs["llmos"], runs["naive"], strict=True)]
+        print(f"llmos/naive rate: {rates['llmos'] / rates['naive']:.2f} (medians); per round: "
+              + " ".join(f"{x:.2f}" for x in ratios))
         for target, res in results.items():
             if res.errors:
                 print(f"{target}: first error of {len(res.errors)}: {res.errors[0]}")
+        print()
+        print(f"Database round trips per POST /jobs (in-process, Flask test client, warm caches, {BODY['kind']} "
+              f"job; {args.posts} sequential POSTs at {inproc_rate:.0f}/s):")
+        print_round_trips("llmos", own, background, args.posts, one)
+        print("naive   : 1 BEGIN + 1 INSERT + 1 COMMIT = 3 round trips (by construction)")
     finally:
         for proc in procs:
             stop(proc)

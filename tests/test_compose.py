@@ -33,6 +33,7 @@ LLMOS_SERVICES: dict[str, tuple[list[str], dict[str, Any]]] = {
     "api": (["api"], {"host": "0.0.0.0", "port": 8000}),
     "worker-cpu": (["worker"], {"gpu_type": "cpu"}),
     "worker-gpu": (["worker"], {"gpu_type": "h100"}),
+    "scheduler": (["scheduler"], {}),
 }
 COMPOSE_ENV = {"POSTGRES_PASSWORD": "s3cret-from-dotenv"}
 
@@ -238,7 +239,7 @@ def test_start_order(services: dict[str, dict[str, Any]]) -> None:
 
     assert conditions("migrate").get("postgres") == "service_healthy"
     assert services["migrate"].get("restart", "no") in ("no", "on-failure"), "a one-shot must not restart"
-    for name in ("api", "worker-cpu", "worker-gpu"):
+    for name in ("api", "worker-cpu", "worker-gpu", "scheduler"):
         got = conditions(name)
         assert got.get("migrate") == "service_completed_successfully", name
         assert got.get("redis") == "service_healthy", name

@@ -236,3 +236,13 @@ def test_no_naive_datetimes_and_no_status_literals_compared(app):
         owner = s.get(Owner, 1)
         assert owner is not None and owner.created_at.tzinfo is not None
     db.dispose()
+
+
+def test_no_import_cycles():
+    """Between any two modules of app/ and workers/, imports go one way only (lazy imports included)."""
+    import grimp
+
+    graph = grimp.build_graph("app", "workers", exclude_type_checking_imports=True)
+    cycles = sorted({tuple(sorted((m, n))) for m in graph.modules for n in graph.find_modules_directly_imported_by(m)
+                     if n in graph.modules and graph.chain_exists(importer=n, imported=m)})
+    assert cycles == [], f"import cycles: {cycles}"

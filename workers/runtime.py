@@ -12,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from app import Platform
 from app.jobs import kinds, lifecycle
 from app.jobs.lifecycle import CANCEL, INVALIDATE
 from app.jobs.states import JobStatus
 from app.models import utcnow
+from app.platform import Platform
 from app.services import workers
 from app.services.lookups import TTLCache
 from workers.hardware import GIB, Hardware

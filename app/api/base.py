@@ -9,8 +9,8 @@ from typing import Any
 from flask import g, request
 from flask_restful import Resource
 
-from app import platform
 from app.errors import ApiError, InvalidInput
+from app.platform import platform
 from app.services import auth
 from app.services.pagination import parse_limit
 

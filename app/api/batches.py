@@ -6,7 +6,6 @@ from pathlib import Path
 
 from flask import request
 
-from app import platform
 from app.api.base import AuthResource
 from app.batch_schemas import (
     batch_public,
@@ -15,6 +14,7 @@ from app.batch_schemas import (
     jsonl_documents,
     validate_batch,
 )
+from app.platform import platform
 from app.services import batches
 
 

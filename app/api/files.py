@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from flask import request, send_file
 
-from app import platform
 from app.api.base import AuthResource
 from app.batch_schemas import file_public
 from app.errors import InvalidInput, TooLarge
+from app.platform import platform
 from app.services import files
 
 MULTIPART_SLACK = 64 * 1024  # form boundaries and the purpose field around the file's bytes

@@ -3,7 +3,7 @@ from __future__ import annotations
 from flask_restful import Resource
 from sqlalchemy import text
 
-from app import platform
+from app.platform import platform
 
 
 class Health(Resource):

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from flask import request
 
-from app import platform
 from app.api.base import AuthResource
 from app.errors import InvalidInput
+from app.platform import platform
 from app.schemas import checkpoint_public, event_public, job_public, validate_job
 from app.services import finetunes, jobs
 

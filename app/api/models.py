@@ -3,8 +3,8 @@ from __future__ import annotations
 import logging
 import shutil
 
-from app import platform
 from app.api.base import AuthResource
+from app.platform import platform
 from app.schemas import model_public
 from app.services import registry
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from app import platform
 from app.api.base import AuthResource
+from app.platform import platform
 from app.schemas import (
     DEFAULT_WEBHOOK_EVENTS,
     WebhookDefault,
@@ -17,8 +17,8 @@ class WebhookDefaultItem(AuthResource):
     """The webhook URL and event filter copied onto jobs that name none."""
 
     def get(self) -> dict:
-        with platform().db.session() as session:
-            found = webhooks.default_webhook(session, self.owner_id)
+        p = platform()
+        found = p.lookups.default_webhook(p.db, self.owner_id)
         url, events = found or (None, list(DEFAULT_WEBHOOK_EVENTS))
         return {"url": url, "events": events}
 
@@ -29,7 +29,7 @@ class WebhookDefaultItem(AuthResource):
         if spec.url is not None:
             check_webhook_url(spec.url, p.settings, "url")
         with p.db.session() as session:
-            row = webhooks.set_default_webhook(session, self.owner_id, spec.url, spec.events)
+            row = webhooks.set_default_webhook(session, self.owner_id, spec.url, list(spec.events))
             return {"url": row.url, "events": row.events}
 
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from app import platform
 from app.api.base import AuthResource
+from app.platform import platform
 from app.schemas import worker_public
 from app.services import workers
 

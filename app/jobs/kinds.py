@@ -18,15 +18,10 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
-    from app.models import ModelEntry
     from app.settings import Settings
 
 # (input, params, settings) -> None; raises app.errors.ApiError for what the schemas cannot say (limits)
 Limits = Callable[[BaseModel, BaseModel, "Settings"], None]
-# (session, settings, owner_id, model entry or None, input, params) -> None; raises ApiError (checks in the db)
-SubmitCheck = Callable[["Session", "Settings", int, "ModelEntry | None", dict[str, Any], dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -44,7 +39,9 @@ class JobKind:
     resumable: bool = False  # a new attempt goes on from the last one's checkpoint
     public: bool = True  # accepted by POST /jobs (a batch's chunks are not)
     limits: Limits | None = None
-    check: SubmitCheck | None = None
+    # "module:function" called at submit with (session=, settings=, owner_id=, base=, input=, params=) in the
+    # submit's transaction; raises ApiError for what needs the database (files, the base model)
+    check: str | None = None
     max_attempts: int = 3
 
     @property

@@ -23,16 +23,14 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from app.db import rowcount
 from app.errors import Conflict, NotFound
 from app.jobs.states import TRANSITIONS, JobStatus, sources
 from app.models import Batch, BatchItem, Job, JobEvent, Outbox, WebhookDelivery, utcnow
+from app.schemas import DEFAULT_WEBHOOK_EVENTS, WEBHOOK_FILTERS, iso, job_public
 
 Also = Callable[[Session], None]  # more writes that belong to the same transaction (items, a new model)
 
-# webhook event type -> the filter name a job subscribes with
-WEBHOOK_FILTERS = {"job.started": "started", "job.progress": "progress", "job.succeeded": "completed",
-                   "job.failed": "completed", "job.cancelled": "completed"}
-DEFAULT_WEBHOOK_EVENTS = ("completed",)
 
 ENDED = "ended"  # signal channels (app.jobs.signals)
 CANCEL = "cancel"
@@ -52,21 +50,20 @@ def note(session: Session, channel: str, value: str) -> None:
 
 def add_event(session: Session, job_id: str, type_: str, message: str = "", **data: Any) -> None:
     """An event on a job's timeline that changes nothing else (dataset read, training started, ...)."""
-    session.execute(insert(JobEvent.__table__).values(job_id=job_id, type=type_, message=message, data=data,
+    session.execute(insert(JobEvent).values(job_id=job_id, type=type_, message=message, data=data,
                                                       created_at=utcnow()))
 
 
 def _events(session: Session, rows: list[dict[str, Any]]) -> None:
     if rows:
         now = utcnow()
-        session.execute(insert(JobEvent.__table__), [{"message": "", "data": {}, "created_at": now, **r} for r in rows])
+        session.execute(insert(JobEvent), [{"message": "", "data": {}, "created_at": now, **r} for r in rows])
 
 
 def _webhook(session: Session, job_id: str, type_: str, url: str | None, events: list[str] | None) -> None:
     """A delivery row for `type_` when the job's webhook filter takes it; nothing is read for jobs without one."""
     if not url or WEBHOOK_FILTERS[type_] not in (events or DEFAULT_WEBHOOK_EVENTS):
         return
-    from app.schemas import iso, job_public
 
     job = session.get(Job, job_id, populate_existing=True)
     assert job is not None
@@ -121,11 +118,11 @@ def submit_many(session: Session, rows: list[dict[str, Any]]) -> list[tuple[int,
     if not rows:
         return []
     now = utcnow()
-    session.execute(insert(Job.__table__), [{"status": JobStatus.queued.value, "attempts": 0, "created_at": now,
+    session.execute(insert(Job), [{"status": JobStatus.queued.value, "attempts": 0, "created_at": now,
                                              "updated_at": now, "metadata": {}, **r} for r in rows])
     _events(session, [{"job_id": r["id"], "type": "queued", "message": f"queued on {r['queue']}",
                        "data": {"queue": r["queue"], "priority": r["priority"]}} for r in rows])
-    ids = session.execute(insert(Outbox.__table__).returning(Outbox.id, Outbox.job_id, Outbox.queue, Outbox.priority),
+    ids = session.execute(insert(Outbox).returning(Outbox.id, Outbox.job_id, Outbox.queue, Outbox.priority),
                           [{"job_id": r["id"], "queue": r["queue"], "priority": r["priority"], "created_at": now}
                            for r in rows]).all()
     return [tuple(r) for r in ids]  # type: ignore[misc]
@@ -349,7 +346,7 @@ def cancel_batch(session: Session, *, owner_id: int, batch_id: str) -> Batch:
         Batch.id == batch_id, Batch.status.in_((JobStatus.queued.value, JobStatus.running.value)))
         .values(status=JobStatus.cancelling.value, cancel_requested_at=now, updated_at=now),
         execution_options=_NO_SYNC)
-    if res.rowcount != 1:  # type: ignore[attr-defined]
+    if rowcount(res) != 1:
         session.refresh(b)
         raise Conflict(f"batch {batch_id} already {b.status}; only queued or running batches can be cancelled",
                        code="batch_finished")
@@ -377,7 +374,7 @@ def batch_open_chunks(session: Session, batch_id: str) -> int:
 
 
 def finish_batch(session: Session, *, batch_id: str, claim_at: datetime, values: dict[str, Any],
-                 event: Callable[[Session, str], None]) -> bool:
+                 event: Callable[[Session, str], object]) -> bool:
     """The batch's final state, once: compare-and-set on the finaliser's claim. `event` queues its webhook."""
     b = session.get(Batch, batch_id)
     if b is None:
@@ -386,7 +383,7 @@ def finish_batch(session: Session, *, batch_id: str, claim_at: datetime, values:
         Batch.id == batch_id, Batch.status == b.status, Batch.finalizing_at == claim_at,
         Batch.output_file_id.is_(None)).values(finished_at=utcnow(), updated_at=utcnow(), **values),
         execution_options=_NO_SYNC)
-    if res.rowcount != 1:  # type: ignore[attr-defined]
+    if rowcount(res) != 1:
         return False
     session.expire(b)
     event(session, f"batch.{values['status']}")
@@ -395,4 +392,5 @@ def finish_batch(session: Session, *, batch_id: str, claim_at: datetime, values:
 
 def statuses_of(session: Session, job_ids: Iterable[str]) -> dict[str, str]:
     ids = list(job_ids)
-    return dict(session.execute(select(Job.id, Job.status).where(Job.id.in_(ids))).all()) if ids else {}  # type: ignore[arg-type]
+    rows = session.execute(select(Job.id, Job.status).where(Job.id.in_(ids))).all() if ids else []
+    return {job_id: status for job_id, status in rows}

@@ -111,7 +111,7 @@ def expire_overdue(*, db: Database, grace_s: float, report: Report | None = None
         rows = session.execute(select(Job.id, Job.attempts, Job.started_at, Job.timeout_s, Job.batch_id)
                                .where(Job.status.in_(ACTIVE_VALUES), Job.started_at.is_not(None))).all()
     for job_id, attempt, started_at, timeout_s, batch_id in rows:
-        if started_at + timedelta(seconds=timeout_s + grace_s) > now:
+        if started_at is None or started_at + timedelta(seconds=timeout_s + grace_s) > now:
             continue
         with db.session() as session:
             if lifecycle.expire(session, job_id=job_id, attempt=attempt,

@@ -106,7 +106,7 @@ class RedisBus(Bus):
         while not self._stop.is_set():
             try:
                 client = redis.Redis.from_url(self.url, socket_connect_timeout=2, health_check_interval=10)
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
                 pubsub.psubscribe("llmos:*")
                 if failing:
                     log.info("signals listener reconnected")

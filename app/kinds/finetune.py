@@ -3,17 +3,11 @@ in the transaction that marks the job succeeded. Checkpoints let a new attempt r
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.jobs.kinds import JobKind
-
-if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
-    from app.models import ModelEntry
-    from app.settings import Settings
 
 
 class _Strict(BaseModel):
@@ -56,15 +50,6 @@ class FinetuneOutput(_Strict):
     valid_loss: float | None
 
 
-def check(session: Session, settings: Settings, owner_id: int, base: ModelEntry | None, input: dict[str, Any],
-          params: dict[str, Any]) -> None:
-    from app.services import finetunes
-
-    assert base is not None
-    finetunes.check_submission(session=session, settings=settings, owner_id=owner_id, base=base, input=input,
-                               params=params)
-
-
 KIND = JobKind(
     name="finetune",
     description="LoRA fine-tuning of a causal LM on JSONL training data; output.model is the new model.",
@@ -75,5 +60,5 @@ KIND = JobKind(
     handler="workers.kinds.finetune:run",
     default_timeout_s=24 * 3600,
     resumable=True,
-    check=check,
+    check="app.services.finetunes:check_submission",
 )

@@ -25,7 +25,7 @@ from sqlalchemy import exists, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.batch_schemas import TASK_MODEL_KIND, Document, ValidatedBatch
-from app.db import Database
+from app.db import Database, rowcount
 from app.errors import InvalidInput, NotFound
 from app.jobs import kinds, lifecycle
 from app.jobs.states import TERMINAL, JobStatus
@@ -89,6 +89,7 @@ def _insert_items(session: Session, batch_id: str, size: int, documents: list[Do
     conn = session.connection()
     if conn.dialect.name == "postgresql":
         raw = conn.connection.driver_connection
+        assert raw is not None
         with raw.cursor() as cur, cur.copy(
                 "COPY batch_items (batch_id, idx, chunk, custom_id, text, extra, status) FROM STDIN") as copy:
             for i, d in enumerate(documents):
@@ -98,7 +99,7 @@ def _insert_items(session: Session, batch_id: str, size: int, documents: list[Do
     rows = [{"batch_id": batch_id, "idx": i, "chunk": i // size, "custom_id": d.custom_id, "text": d.text,
              "extra": d.extra, "status": "queued"} for i, d in enumerate(documents)]
     for start in range(0, len(rows), 10_000):
-        session.execute(insert(BatchItem.__table__), rows[start:start + 10_000])
+        session.execute(insert(BatchItem), rows[start:start + 10_000])
 
 
 def read_file_documents(*, session: Session, owner_id: int, file_id: str) -> File:
@@ -179,7 +180,7 @@ def store_results(*, session: Session, batch_id: str, results: list[ItemResult])
         res = session.execute(update(BatchItem).where(
             BatchItem.batch_id == batch_id, BatchItem.idx == r.idx, BatchItem.status == "queued")
             .values(status=status, output=r.output, error_code=r.error_code, error_message=r.error_message))
-        if res.rowcount == 1:
+        if rowcount(res) == 1:
             if r.error_code:
                 bad += 1
             else:
@@ -209,7 +210,7 @@ def _close_unfinished(session: Session, batch_id: str) -> None:
                     error_message=message or "the chunk ended without running this document"),
             execution_options={"synchronize_session": False})
         if not cancelled:
-            failed += res.rowcount  # type: ignore[attr-defined]
+            failed += rowcount(res)
     if failed:
         session.execute(update(Batch).where(Batch.id == batch_id).values(failed=Batch.failed + failed),
                         execution_options={"synchronize_session": False})
@@ -224,7 +225,7 @@ def finalize(*, db: Database, settings: Settings, batch_id: str) -> bool:
         res = session.execute(update(Batch).where(
             Batch.id == batch_id, Batch.status.in_(ACTIVE_BATCH), Batch.finalizing_at.is_(None), ~open_chunks)
             .values(finalizing_at=claim_at), execution_options={"synchronize_session": False})
-        if res.rowcount != 1:  # type: ignore[attr-defined]
+        if rowcount(res) != 1:
             return False
         b = session.get(Batch, batch_id)
         assert b is not None

@@ -11,7 +11,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -69,7 +69,7 @@ class FileWriter:
         self.tmp.unlink(missing_ok=True)
 
 
-def upload(*, session: Session, settings: Settings, owner_id: int, stream: BinaryIO, filename: str,
+def upload(*, session: Session, settings: Settings, owner_id: int, stream: IO[bytes], filename: str,
            purpose: str) -> File:
     if purpose not in UPLOAD_PURPOSES:
         raise InvalidInput(f"purpose must be one of: {', '.join(UPLOAD_PURPOSES)}", field="purpose")

@@ -18,12 +18,11 @@ from sqlalchemy.orm import Session
 from app.db import Database
 from app.errors import Conflict, InvalidInput
 from app.jobs import kinds, lifecycle
-from app.jobs.lifecycle import DEFAULT_WEBHOOK_EVENTS
 from app.jobs.signals import Waiters
 from app.jobs.states import TERMINAL, JobStatus
 from app.models import Job, JobEvent, ModelEntry
 from app.queue import ANY, queue_name
-from app.schemas import ValidatedJob
+from app.schemas import DEFAULT_WEBHOOK_EVENTS, ValidatedJob
 from app.services.lookups import Lookups
 from app.services.pagination import page, paginate
 from app.settings import Settings
@@ -97,7 +96,8 @@ def create_job(
                                f"a {kind.model_kind} model", field="model")
     gpu, queue, warning = route_for(db=db, lookups=lookups, settings=settings, family=kind.queue, gpu=env.gpu,
                                     model_default=model.default_gpu if model else None)
-    webhook, webhook_events = env.webhook, env.webhook_events
+    webhook: str | None = env.webhook
+    webhook_events: list[str] | None = list(env.webhook_events) if env.webhook_events else None
     if webhook is None:
         webhook, webhook_events = lookups.default_webhook(db, owner_id) or (None, None)
 
@@ -108,7 +108,8 @@ def create_job(
                 return _replay(existing, body_hash), None
         if kind.check is not None:
             entry = session.get(ModelEntry, env.model) if env.model else None
-            kind.check(session, settings, owner_id, entry, spec.input, spec.params)
+            kinds.load(kind.check)(session=session, settings=settings, owner_id=owner_id, base=entry,
+                                   input=spec.input, params=spec.params)
         job = Job(
             id=lifecycle.new_id("job"), owner_id=owner_id, kind=env.kind, model=env.model, input=spec.input,
             params=spec.params, gpu=gpu, queue=queue, priority=env.priority,

@@ -26,13 +26,12 @@ from sqlalchemy import exists, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
+from app import webhook_http
 from app import webhooks as signing
 from app.db import Database
 from app.errors import NotFound
-from app.jobs.lifecycle import DEFAULT_WEBHOOK_EVENTS
 from app.models import Batch, Job, JobEvent, WebhookAttempt, WebhookDelivery, WebhookSettings, utcnow
-from app.schemas import iso
-from app.services import webhook_http
+from app.schemas import DEFAULT_WEBHOOK_EVENTS, iso
 from app.services.lookups import forget
 from app.settings import Settings
 
@@ -166,7 +165,7 @@ def claim_due(*, db: Database, lease_s: float, batch: int) -> list[Due]:
         ))
         for row in rows:
             row.next_attempt_at = now + timedelta(seconds=lease_s)
-        return [Due(r.id, r.job_id or r.batch_id, r.owner_id, r.url, dict(r.payload), r.webhook_id) for r in rows]
+        return [Due(r.id, r.job_id or r.batch_id or "", r.owner_id, r.url, dict(r.payload), r.webhook_id) for r in rows]
 
 
 def retry_after_s(value: str | None) -> float | None:

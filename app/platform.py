@@ -1,0 +1,33 @@
+"""What every request and task of a process shares (built once by app.create_app)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app
+
+from app.db import Database
+from app.jobs.dispatch import Dispatcher
+from app.jobs.signals import Bus, Waiters
+from app.queue import Publisher
+from app.services.lookups import Lookups
+from app.settings import Settings
+
+
+@dataclass
+class Platform:
+    """What every request and task needs: settings, the database, the publisher, the dispatcher (outbox fast
+    path), the signals bus and the long-poll waiters of this process."""
+
+    settings: Settings
+    db: Database
+    publisher: Publisher
+    bus: Bus
+    dispatcher: Dispatcher
+    waiters: Waiters
+    lookups: Lookups
+
+
+def platform() -> Platform:
+    """The Platform of the current Flask app (inside a request or a worker's task)."""
+    return current_app.extensions["llmos"]
