@@ -80,6 +80,24 @@ def keys_create(owner: str) -> None:
     click.echo(_create_key(owner))
 
 
+# ---- kinds ---------------------------------------------------------------------------------------------
+
+
+@main.command("kinds")
+@click.option("--json", "as_json", is_flag=True, help="the declarations with their JSON schemas")
+def kinds_cmd(as_json: bool) -> None:
+    """The job kinds this installation knows (the registry the API and workers read)."""
+    from app.jobs import kinds
+    from app.schemas import kind_public
+
+    rows = [kind_public(k) for k in kinds.all_kinds() if k.public]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for k in rows:
+        click.echo(f"{k['id']}\tmodel: {k['model_kind'] or '-'}\tqueues: {k['queue_family']}.<gpu>\t{k['description']}")
+
+
 # ---- models --------------------------------------------------------------------------------------------
 
 

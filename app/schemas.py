@@ -209,6 +209,20 @@ def job_public(job: Job, base_url: str = "") -> dict[str, Any]:
     }
 
 
+def kind_public(k: kinds.JobKind) -> dict[str, Any]:
+    return {
+        "id": k.name,
+        "object": "kind",
+        "description": k.description,
+        "model_kind": k.model_kind,
+        "queue_family": k.queue,
+        "default_timeout_s": k.default_timeout_s,
+        "cancellable": k.cancellable,
+        "resumable": k.resumable,
+        "schemas": k.schemas(),
+    }
+
+
 def checkpoint_public(c: Checkpoint) -> dict[str, Any]:
     return {
         "id": c.id,

@@ -108,3 +108,20 @@ def test_echo_on_the_embedded_default(embedded):
     body = requests.get(f"{base}/jobs/{job['id']}?wait=10", headers=h, timeout=20).json()
     assert body["status"] == "cancelled", body
     assert time.monotonic() - t0 < 1.5  # heard through the Unix-socket signals, not the 2 s fallback poll
+
+
+def test_kinds_are_read_from_the_registry(client, key):
+    """GET /kinds and `llmos kinds` list what POST /jobs accepts, with the schemas it validates against."""
+    from click.testing import CliRunner
+
+    from app.cli import main
+
+    body = client.get("/kinds", headers=auth(key)).get_json()
+    by_name = {k["id"]: k for k in body["data"]}
+    assert set(by_name) == {"generate", "embed", "finetune", "echo"}  # `batch` chunks are internal
+    assert by_name["echo"]["model_kind"] is None and by_name["generate"]["model_kind"] == "causal-lm"
+    assert by_name["echo"]["schemas"]["params"]["properties"]["sleep_s"]["maximum"] == 60
+    assert "max_new_tokens" in by_name["generate"]["schemas"]["params"]["properties"]
+    assert by_name["finetune"]["resumable"] is True
+    out = CliRunner().invoke(main, ["kinds"])
+    assert out.exit_code == 0 and "echo" in out.output and "batch" not in out.output

@@ -52,7 +52,7 @@ class JsonApi(Api):
 
 
 def init_api(app: Flask) -> None:
-    from app.api import batches, files, health, jobs, models, webhooks, workers
+    from app.api import batches, files, health, jobs, kinds, models, webhooks, workers
 
     api = JsonApi(app, catch_all_404s=True)
     api.add_resource(health.Health, "/healthz")
@@ -75,6 +75,7 @@ def init_api(app: Flask) -> None:
     api.add_resource(models.ModelList, "/models")
     api.add_resource(models.ModelItem, "/models/<path:name>")
     api.add_resource(workers.WorkerList, "/workers")
+    api.add_resource(kinds.KindList, "/kinds")
 
     @app.before_request
     def _no_nul() -> None:

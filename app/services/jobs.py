@@ -118,9 +118,9 @@ def create_job(
             request_hash=body_hash, webhook=webhook,
             webhook_events=list(webhook_events or DEFAULT_WEBHOOK_EVENTS) if webhook else None,
         )
-        box = lifecycle.submit(session, job, warning=warning,
-                               warning_data={"code": "no_worker_for_gpu", "gpu": gpu} if warning else None)
-        return job, (box.id, job.id, job.queue, job.priority)
+        outbox_id = lifecycle.submit(session, job, warning=warning,
+                                     warning_data={"code": "no_worker_for_gpu", "gpu": gpu} if warning else None)
+        return job, (outbox_id, job.id, job.queue, job.priority)
 
     try:
         return db.run(write)
