@@ -87,11 +87,8 @@ def test_sigterm_lets_short_jobs_finish_and_hands_long_ones_back(make_app, pg, o
     def worker_with(job_body):
         w = start_worker(pg, own_redis.url, "--gpu-type", "cpu", "--concurrency", "4", LLMOS_SHUTDOWN_GRACE_S="3",
                          **FAST)
-        warm = client.post("/jobs", json=short_job(), headers=auth(key)).get_json()
-        wait_status(client, key, warm["id"], ("succeeded",))
         job = client.post("/jobs", json=job_body, headers=auth(key)).get_json()
-        wait_status(client, key, job["id"], ("running",))
-        time.sleep(0.1)
+        wait_status(client, key, job["id"], ("running",))  # echo jobs: running for as long as they sleep
         t0 = time.monotonic()
         w.proc.send_signal(signal.SIGTERM)
         w.proc.wait(timeout=30)
@@ -99,14 +96,15 @@ def test_sigterm_lets_short_jobs_finish_and_hands_long_ones_back(make_app, pg, o
         return client.get(f"/jobs/{job['id']}", headers=auth(key)).get_json()
 
     # a job that ends within the grace period finishes on the stopping worker
-    medium = worker_with(long_job(100))
+    medium = worker_with({"kind": "echo", "input": {"n": 1}, "params": {"sleep_s": 1.5}})
     assert medium["status"] == "succeeded" and medium["attempts"] == 1
-    # one that would not is stopped between steps and handed back to the queue, then runs elsewhere
-    long = worker_with(long_job(4000))
+    # one that would not is stopped and handed back to the queue, then runs elsewhere
+    long = worker_with({"kind": "echo", "input": {"n": 2}, "params": {"sleep_s": 6}})
     assert long["status"] == "queued", long
     b = start_worker(pg, own_redis.url, "--gpu-type", "cpu", "--concurrency", "4", **FAST)
     done = wait_status(client, key, long["id"], ("succeeded", "failed"), timeout=90)
     assert done["status"] == "succeeded" and done["attempts"] == 2 and str(b.proc.pid) in done["worker_id"]
+    assert done["output"] == {"n": 2}
     types = [e["type"] for e in reversed(client.get(f"/jobs/{long['id']}/events", headers=auth(key))
                                          .get_json()["data"])]
     types = [t for t in types if t != "progress"]  # progress events come and go with timing
