@@ -225,7 +225,7 @@ def batch_public(b: Batch, base_url: str = "") -> dict[str, Any]:
     return {
         "id": b.id,
         "object": "batch",
-        "status": b.status,
+        "status": b.status.value,
         "task": b.task,
         "model": b.model,
         "params": b.params,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime, timezone
 from typing import Any
 
@@ -33,8 +34,36 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
+class JobStatus(str, enum.Enum):
+    """A job's (and a batch's) status. Its legal moves are the core's table: app.jobs.states.TRANSITIONS."""
+
+    queued = "queued"
+    running = "running"
+    cancelling = "cancelling"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+class StatusType(TypeDecorator[JobStatus]):
+    """Stored as its string; read back as a JobStatus, so code compares enums, never string literals."""
+
+    impl = String(16)
+    cache_ok = True
+
+    def process_bind_param(self, value: JobStatus | str | None, dialect: Dialect) -> str | None:
+        return None if value is None else JobStatus(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> JobStatus | None:
+        return None if value is None else JobStatus(value)
+
+
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime()}
+    type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime(), JobStatus: StatusType()}
 
 
 class Owner(Base):
@@ -73,7 +102,7 @@ class Job(Base):
     # a batch's chunk is a job with its batch as parent: claimed, run, stored and recovered like any other
     batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), default=None,
                                                  index=True)
-    status: Mapped[str] = mapped_column(String(16), default="queued")  # app.jobs.states.JobStatus
+    status: Mapped[JobStatus] = mapped_column(default=JobStatus.queued)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     timeout_s: Mapped[int] = mapped_column(Integer)
@@ -247,7 +276,7 @@ class Batch(Base):
     __table_args__ = (Index("ix_batches_owner_created", "owner_id", "created_at", "id"),)
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"))
-    status: Mapped[str] = mapped_column(String(16), default="queued")  # app.jobs.states.JobStatus
+    status: Mapped[JobStatus] = mapped_column(default=JobStatus.queued)
     task: Mapped[dict[str, Any]] = mapped_column(JSON)
     model: Mapped[str] = mapped_column(String(200))
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -183,7 +183,7 @@ def job_public(job: Job, base_url: str = "") -> dict[str, Any]:
         "object": "job",
         "kind": job.kind,
         "model": job.model,
-        "status": job.status,
+        "status": job.status.value,
         "batch_id": job.batch_id,
         "input": job.input,
         "params": job.params,

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import importlib.util
 import json
 import os
 import secrets
@@ -509,8 +508,12 @@ def latency(ctx: Ctx, samples: int, warmup: int = 10) -> tuple[list[float], list
 
 
 def has_core() -> bool:
-    """The lifecycle core (app/jobs) and the echo kind exist in the imported app/ (not before the refactor)."""
-    return importlib.util.find_spec("app.jobs") is not None
+    """The lifecycle core (app/jobs) and the echo kind exist in the imported app/ (not before the refactor).
+    Looked up on disk: importlib would find app.jobs of the editable install even where PYTHONPATH's app/ has
+    none (setuptools' editable finder answers for submodules the path finder did not find)."""
+    import app
+
+    return (Path(app.__file__).parent / "jobs" / "lifecycle.py").is_file()
 
 
 def main() -> None:
@@ -589,8 +592,9 @@ def report(ctx: Ctx, kind: str, pg_version: str, plat: list[Drain], base: list[D
     print(f"Postgres {pg_version}, Redis {ctx.r.info('server')['redis_version']}, {os.cpu_count()} CPUs shared by "
           f"the bench, the worker, Postgres and Redis; Python {sys.version.split()[0]}")
     if kind == "generate":
-        print("NOTE: generate jobs on tiny-random-llama with max_new_tokens=1 (this app/ has no echo kind): the "
-              "platform's figures include a model forward pass per batch, and the model's load in each worker")
+        why = "--kind generate" if has_core() else "this app/ has no echo kind"
+        print(f"NOTE: generate jobs on tiny-random-llama with max_new_tokens=1 ({why}): the platform's figures "
+              "include a model forward pass per batch, and the model's load in each worker")
     print()
     print(f"{'':<22}{'claim->done':>13}{'first->last done':>18}{'spawn->done':>13}{'worker CPU ms/job':>19}"
           "   jobs/s (claim->done) per round")

@@ -271,7 +271,7 @@ class RoundTrips:
                 and not self._in_transaction(dbapi_conn):
             t.begins += 1
         t.statements += 1
-        t.sql.append(" ".join(statement.split())[:110])
+        t.sql.append(" ".join(statement.split()))
 
     def _commit(self, conn: Any) -> None:
         if self.on and self._in_transaction(conn.connection.dbapi_connection):
@@ -301,15 +301,11 @@ def sql_shape(statement: str) -> str:
     words = statement.replace('"', "").split()
     if not words:
         return "?"
-    verb = words[0].upper()
-    table = ""
+    upper = [w.upper() for w in words]
     for marker in ("INTO", "UPDATE", "FROM"):
-        if marker in (w.upper() for w in words):
-            idx = [w.upper() for w in words].index(marker)
-            if idx + 1 < len(words):
-                table = words[idx + 1].split("(")[0]
-                break
-    return f"{verb} {table}".strip()
+        if marker in upper and upper.index(marker) + 1 < len(words):
+            return f"{upper[0]} {words[upper.index(marker) + 1].split('(')[0]}"
+    return upper[0]
 
 
 def llmos_config(db_url: str, broker_url: str, data_dir: Path) -> dict[str, Any]:

@@ -179,5 +179,5 @@ class WorkerRuntime:
         with self.platform.db.session() as session:
             statuses = lifecycle.statuses_of(session, ids)
         for job_id, status in statuses.items():
-            if status == JobStatus.cancelling.value:
+            if status == JobStatus.cancelling:
                 self._cancel(job_id)

@@ -108,8 +108,8 @@ def relay(*, db: Database, publisher: Publishes, older_than_s: float = 2.0, batc
             .where(Outbox.sent_at.is_(None), Outbox.created_at < cutoff)
             .order_by(Outbox.id).limit(batch)
         ).all()
-    stale = [r[0] for r in rows if r[4] != JobStatus.queued.value]
-    pending = [(r[0], r[1], r[2], r[3]) for r in rows if r[4] == JobStatus.queued.value]
+    stale = [r[0] for r in rows if r[4] != JobStatus.queued]
+    pending = [(r[0], r[1], r[2], r[3]) for r in rows if r[4] == JobStatus.queued]
     sent = _send(publisher, pending)
     if stale or sent:
         mark_sent(db, stale + sent)

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from app.db import rowcount
 from app.errors import Conflict, NotFound
-from app.jobs.states import TRANSITIONS, JobStatus, sources
+from app.jobs.states import TERMINAL, TRANSITIONS, JobStatus, sources
 from app.models import Batch, BatchItem, Job, JobEvent, Outbox, UTCDateTime, WebhookDelivery, utcnow
 from app.schemas import DEFAULT_WEBHOOK_EVENTS, WEBHOOK_FILTERS, iso, job_public
 
@@ -86,7 +86,7 @@ def _cas(session: Session, name: str, job_id: str, attempt: int | None, values: 
     guard: list[ColumnElement[bool]] = [Job.id == job_id, Job.status.in_(sources(name))]
     if attempt is not None:
         guard.append(Job.attempts == attempt)
-    values = {"status": t.target.value, "updated_at": utcnow(), **values}
+    values = {"status": t.target, "updated_at": utcnow(), **values}
     stmt = update(Job).where(*guard).values(**values).returning(*returning, Job.webhook, Job.webhook_events)
     return session.execute(stmt, execution_options=_NO_SYNC).one_or_none()
 
@@ -99,7 +99,7 @@ def submit(session: Session, job: Job, *, warning: str | None = None, warning_da
     """A new queued job, its `queued` event (and a `warning` one) and its outbox row, in the caller's
     transaction. Returns the outbox row's id (what the fast path marks sent after publishing). On PostgreSQL it
     is one statement (data-modifying CTEs): the hot path of every POST /jobs."""
-    job.status = JobStatus.queued.value
+    job.status = JobStatus.queued
     job.attempts = 0
     now = utcnow()
     job.created_at = job.updated_at = now
@@ -136,7 +136,7 @@ def submit_many(session: Session, rows: list[dict[str, Any]]) -> list[tuple[int,
     if not rows:
         return []
     now = utcnow()
-    session.execute(insert(Job), [{"status": JobStatus.queued.value, "attempts": 0, "created_at": now,
+    session.execute(insert(Job), [{"status": JobStatus.queued, "attempts": 0, "created_at": now,
                                              "updated_at": now, "metadata": {}, **r} for r in rows])
     _events(session, [{"job_id": r["id"], "type": "queued", "message": f"queued on {r['queue']}",
                        "data": {"queue": r["queue"], "priority": r["priority"]}} for r in rows])
@@ -149,7 +149,7 @@ def submit_many(session: Session, rows: list[dict[str, Any]]) -> list[tuple[int,
 def republish(session: Session, *, job_id: str, queue: str, priority: int, reason: str) -> bool:
     """A queued job whose message was lost gets a new outbox row (no status change)."""
     status = session.scalar(select(Job.status).where(Job.id == job_id))
-    if status != JobStatus.queued.value:
+    if status != JobStatus.queued:
         return False
     session.add(Outbox(job_id=job_id, queue=queue, priority=priority, created_at=utcnow()))
     add_event(session, job_id, "republished", reason)
@@ -186,8 +186,8 @@ def claim(session: Session, *, job_id: str, worker_id: str) -> Claim | None:
     kind, model, input_, params, timeout_s, attempt, owner_id, batch_id, url, events = row
     add_event(session, job_id, "running", f"started on {worker_id}", worker_id=worker_id, attempt=attempt)
     if batch_id is not None:  # the batch starts with its first chunk
-        session.execute(update(Batch).where(Batch.id == batch_id, Batch.status == JobStatus.queued.value)
-                        .values(status=JobStatus.running.value, started_at=now, updated_at=now),
+        session.execute(update(Batch).where(Batch.id == batch_id, Batch.status == JobStatus.queued)
+                        .values(status=JobStatus.running, started_at=now, updated_at=now),
                         execution_options=_NO_SYNC)
     _webhook(session, job_id, "job.started", url, events)
     return Claim(job_id, kind, model, dict(input_), dict(params or {}), timeout_s, attempt, owner_id, batch_id, now)
@@ -254,7 +254,7 @@ def hand_back(session: Session, *, job_id: str, attempt: int, reason: str, also:
     """A stopping worker returns a running job to the queue for its next attempt (with a new outbox row); a
     user's cancel that came meanwhile wins and ends it cancelled."""
     status = session.scalar(select(Job.status).where(Job.id == job_id))
-    if status == JobStatus.cancelling.value:
+    if status == JobStatus.cancelling:
         return fail(session, job_id=job_id, attempt=attempt, code="cancelled", message="cancelled while running",
                     also=also)
     row = _cas(session, "hand_back", job_id, attempt, {"worker_id": None, "started_at": None},
@@ -284,20 +284,20 @@ def cancel(session: Session, *, owner_id: int, job_id: str) -> Job:
     once through the signals, or within a few seconds by its fallback poll)."""
     job = get_owned(session, owner_id=owner_id, job_id=job_id)
     now = utcnow()
-    if job.status == JobStatus.queued.value:
+    if job.status == JobStatus.queued:
         if _end(session, "cancel_queued", job_id, None,
                 {"cancel_requested_at": now, "error_code": "cancelled",
                  "error_message": "cancelled by the user before it ran"}, "cancelled before it ran", {}):
             session.refresh(job)
             return job
         session.refresh(job)
-    if job.status == JobStatus.running.value:
+    if job.status == JobStatus.running:
         if _cas(session, "request_cancel", job_id, None, {"cancel_requested_at": now}) is not None:
             add_event(session, job_id, "cancelling", "cancel requested; the worker stops between steps")
             note(session, CANCEL, job_id)
         session.refresh(job)
         return job
-    if job.status in (JobStatus.cancelling.value, JobStatus.cancelled.value):
+    if job.status in (JobStatus.cancelling, JobStatus.cancelled):
         return job
     raise Conflict(f"job {job_id} already {job.status}; only queued or running jobs can be cancelled",
                    code="job_finished")
@@ -313,7 +313,7 @@ def recover_lost(session: Session, *, job_id: str, status: str, attempt: int, ma
     Returns what happened ("requeued", "failed", "cancelled") or None when the job had moved on."""
     msg = f"worker {worker_id} stopped heart-beating during attempt {attempt}"
     lost = {"worker_id": worker_id, "attempt": attempt}
-    if status == JobStatus.cancelling.value:
+    if status == JobStatus.cancelling:
         if _end(session, "cancel_lost", job_id, attempt,
                 {"error_code": "cancelled", "error_message": "cancelled (its worker was lost while stopping)"},
                 "cancelled", {"code": "cancelled"}):
@@ -357,12 +357,12 @@ def cancel_batch(session: Session, *, owner_id: int, batch_id: str) -> Batch:
     b = session.get(Batch, batch_id)
     if b is None or b.owner_id != owner_id:
         raise NotFound(f"no batch {batch_id!r}", code="batch_not_found")
-    if b.status in (JobStatus.cancelling.value, JobStatus.cancelled.value):
+    if b.status in (JobStatus.cancelling, JobStatus.cancelled):
         return b
     now = utcnow()
     res = session.execute(update(Batch).where(
-        Batch.id == batch_id, Batch.status.in_((JobStatus.queued.value, JobStatus.running.value)))
-        .values(status=JobStatus.cancelling.value, cancel_requested_at=now, updated_at=now),
+        Batch.id == batch_id, Batch.status.in_((JobStatus.queued, JobStatus.running)))
+        .values(status=JobStatus.cancelling, cancel_requested_at=now, updated_at=now),
         execution_options=_NO_SYNC)
     if rowcount(res) != 1:
         session.refresh(b)
@@ -371,7 +371,7 @@ def cancel_batch(session: Session, *, owner_id: int, batch_id: str) -> Batch:
     t = TRANSITIONS["cancel_queued"]
     cancelled = session.execute(
         update(Job).where(Job.batch_id == batch_id, Job.status.in_(sources("cancel_queued")))
-        .values(status=t.target.value, finished_at=now, updated_at=now, cancel_requested_at=now,
+        .values(status=t.target, finished_at=now, updated_at=now, cancel_requested_at=now,
                 error_code="cancelled", error_message="batch cancelled before this chunk ran")
         .returning(Job.id, Job.input), execution_options=_NO_SYNC).all()
     _events(session, [{"job_id": jid, "type": "cancelled", "message": "batch cancelled"} for jid, _ in cancelled])
@@ -387,8 +387,7 @@ def cancel_batch(session: Session, *, owner_id: int, batch_id: str) -> Batch:
 
 def batch_open_chunks(session: Session, batch_id: str) -> int:
     return session.scalar(select(func.count()).select_from(Job).where(
-        Job.batch_id == batch_id, Job.status.not_in([s.value for s in (JobStatus.succeeded, JobStatus.failed,
-                                                                       JobStatus.cancelled)]))) or 0
+        Job.batch_id == batch_id, Job.status.not_in(TERMINAL))) or 0
 
 
 def finish_batch(session: Session, *, batch_id: str, claim_at: datetime, values: dict[str, Any],
@@ -408,7 +407,7 @@ def finish_batch(session: Session, *, batch_id: str, claim_at: datetime, values:
     return True
 
 
-def statuses_of(session: Session, job_ids: Iterable[str]) -> dict[str, str]:
+def statuses_of(session: Session, job_ids: Iterable[str]) -> dict[str, JobStatus]:
     ids = list(job_ids)
     rows = session.execute(select(Job.id, Job.status).where(Job.id.in_(ids))).all() if ids else []
     return {job_id: status for job_id, status in rows}

@@ -24,7 +24,7 @@ from app.models import Job, Outbox, Worker, utcnow
 
 log = logging.getLogger(__name__)
 
-ACTIVE_VALUES = tuple(s.value for s in ACTIVE)
+ACTIVE_STATUSES = tuple(ACTIVE)
 
 
 @dataclass
@@ -52,7 +52,7 @@ def recover_lost(*, db: Database, stale_after_s: float, report: Report | None = 
     with db.session() as session:
         candidates = session.execute(
             select(Job.id, Job.worker_id, Job.status, Job.attempts, Job.max_attempts, Job.started_at, Job.batch_id)
-            .where(Job.status.in_(ACTIVE_VALUES))
+            .where(Job.status.in_(ACTIVE_STATUSES))
         ).all()
     for job_id, worker_id, status, attempts, max_attempts, started_at, batch_id in candidates:
         orphan = worker_id not in known and started_at is not None and started_at < cutoff
@@ -84,7 +84,7 @@ def republish_stranded(*, db: Database, queue_depth: Callable[[str], int | None]
         rows = session.execute(
             select(Job.id, Job.queue, Job.priority, last_pub.c.sent)
             .join(last_pub, last_pub.c.job_id == Job.id)
-            .where(Job.status == JobStatus.queued.value, last_pub.c.n == last_pub.c.n_sent,
+            .where(Job.status == JobStatus.queued, last_pub.c.n == last_pub.c.n_sent,
                    last_pub.c.sent < cutoff)
             .order_by(Job.created_at).limit(batch)
         ).all()
@@ -109,7 +109,7 @@ def expire_overdue(*, db: Database, grace_s: float, report: Report | None = None
     now = utcnow()
     with db.session() as session:
         rows = session.execute(select(Job.id, Job.attempts, Job.started_at, Job.timeout_s, Job.batch_id)
-                               .where(Job.status.in_(ACTIVE_VALUES), Job.started_at.is_not(None))).all()
+                               .where(Job.status.in_(ACTIVE_STATUSES), Job.started_at.is_not(None))).all()
     for job_id, attempt, started_at, timeout_s, batch_id in rows:
         if started_at is None or started_at + timedelta(seconds=timeout_s + grace_s) > now:
             continue

@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import enum
 from typing import NamedTuple
 
+from app.models import JobStatus
 
-class JobStatus(str, enum.Enum):
-    queued = "queued"
-    running = "running"
-    cancelling = "cancelling"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
-
-    @property
-    def terminal(self) -> bool:
-        return self in TERMINAL
-
+__all__ = ["ACTIVE", "EDGES", "TERMINAL", "TRANSITIONS", "JobStatus", "Transition", "legal", "sources"]
 
 TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
 ACTIVE = frozenset({JobStatus.running, JobStatus.cancelling})  # a worker holds the job
@@ -54,9 +43,9 @@ EDGES: frozenset[tuple[JobStatus, JobStatus]] = frozenset(
 )
 
 
-def sources(name: str) -> tuple[str, ...]:
-    """The statuses a transition may start from, as stored strings (for the compare-and-set)."""
-    return tuple(sorted(s.value for s in TRANSITIONS[name].sources))
+def sources(name: str) -> tuple[JobStatus, ...]:
+    """The statuses a transition may start from (for the compare-and-set)."""
+    return tuple(sorted(TRANSITIONS[name].sources))
 
 
 def legal(before: JobStatus, after: JobStatus) -> bool:

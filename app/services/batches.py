@@ -38,8 +38,8 @@ from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ACTIVE_BATCH = (JobStatus.queued.value, JobStatus.running.value, JobStatus.cancelling.value)
-OPEN_JOB = tuple(s.value for s in JobStatus if s not in TERMINAL)
+ACTIVE_BATCH = (JobStatus.queued, JobStatus.running, JobStatus.cancelling)
+OPEN_JOB = tuple(s for s in JobStatus if s not in TERMINAL)
 FINALIZE_STALE_S = 600
 CHUNK_KIND = "batch"
 
@@ -67,7 +67,7 @@ def submit_batch(*, db: Database, lookups: Lookups, settings: Settings, owner_id
     gpu, queue, _warning = route_for(db=db, lookups=lookups, settings=settings, family=chunk_kind.queue,
                                      gpu=env.gpu, model_default=entry.default_gpu)
     size = env.chunk_size or settings.batch_chunk_size
-    batch = Batch(id=lifecycle.new_id("batch"), owner_id=owner_id, status=JobStatus.queued.value, task=spec.task,
+    batch = Batch(id=lifecycle.new_id("batch"), owner_id=owner_id, status=JobStatus.queued, task=spec.task,
                   model=env.model, params=spec.params, gpu=gpu, queue=queue, priority=env.priority,
                   metadata_=env.metadata, input_file_id=env.input_file_id, chunk_size=size, total=len(documents),
                   webhook=env.webhook)
@@ -200,10 +200,10 @@ def _close_unfinished(session: Session, batch_id: str) -> None:
     """Documents left queued in chunk jobs that ended without running them (failed, cancelled, lost too often)
     take their chunk's end: cancelled with a cancelled chunk, failed with the chunk's error otherwise."""
     ended = session.execute(select(Job.input, Job.status, Job.error_code, Job.error_message).where(
-        Job.batch_id == batch_id, Job.status.in_((JobStatus.failed.value, JobStatus.cancelled.value)))).all()
+        Job.batch_id == batch_id, Job.status.in_((JobStatus.failed, JobStatus.cancelled)))).all()
     failed = 0
     for inp, status, code, message in ended:
-        cancelled = status == JobStatus.cancelled.value
+        cancelled = status == JobStatus.cancelled
         res = session.execute(update(BatchItem).where(
             BatchItem.batch_id == batch_id, BatchItem.chunk == inp["seq"], BatchItem.status == "queued")
             .values(status="cancelled" if cancelled else "failed", error_code=code or "internal",
@@ -263,7 +263,7 @@ def finalize(*, db: Database, settings: Settings, batch_id: str) -> bool:
     with db.session() as session:
         b = session.get(Batch, batch_id)
         assert b is not None
-        if b.status == JobStatus.cancelling.value:
+        if b.status == JobStatus.cancelling:
             final, code, msg = JobStatus.cancelled, "cancelled", "cancelled by the user"
         elif b.total and b.failed == b.total:
             final, code, msg = JobStatus.failed, "all_documents_failed", "every document failed; see the error file"

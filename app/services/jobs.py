@@ -178,7 +178,7 @@ def wait_for_job(*, db: Database, waiters: Waiters, owner_id: int, job_id: str, 
             with db.session() as session:
                 job = get_job(session=session, owner_id=owner_id, job_id=job_id)
             left = deadline - time.monotonic()
-            if JobStatus(job.status) in TERMINAL or left <= 0:
+            if job.status in TERMINAL or left <= 0:
                 return job
             ended.wait(min(left, 5.0) if waiters.bus.live else min(POLL_S, left))
             if ended.is_set():
