@@ -29,13 +29,26 @@ class Database:
         self.url = url
         self.engine = make_engine(url, pool_size=pool_size)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        self.pool_size = pool_size
+        self._single: sessionmaker[Session] | None = None
         self.bus = bus
 
+    @property
+    def single_statement(self) -> sessionmaker[Session]:
+        """Sessions on a second pool whose connections are in autocommit: each statement is its own
+        transaction, with no BEGIN and no COMMIT round trip (units of work of one statement, such as submitting
+        a job on PostgreSQL). Made on first use: a worker never opens it."""
+        if self._single is None:
+            self._single = sessionmaker(make_engine(self.url, pool_size=self.pool_size, autocommit=True),
+                                        expire_on_commit=False)
+        return self._single
+
     @contextmanager
-    def session(self) -> Iterator[Session]:
+    def session(self, *, single_statement: bool = False) -> Iterator[Session]:
         """A unit of work: commits on success, rolls back on error, always closes. The wake-ups its transitions
-        noted (app.jobs.lifecycle.note) are sent after the commit."""
-        session = self.sessionmaker()
+        noted (app.jobs.lifecycle.note) are sent after the commit. `single_statement`: the work is one statement,
+        atomic by itself, run without a transaction around it."""
+        session = (self.single_statement if single_statement else self.sessionmaker)()
         try:
             yield session
             session.commit()
@@ -48,19 +61,23 @@ class Database:
         if notes and self.bus is not None:
             self.bus.publish(notes)
 
-    def run(self, work: Callable[[Session], T]) -> T:
+    def run(self, work: Callable[[Session], T], *, single_statement: bool = False) -> T:
         """`work` in one transaction; once more on a fresh connection if the first one was dead."""
         try:
-            with self.session() as session:
+            with self.session(single_statement=single_statement) as session:
                 return work(session)
         except DBAPIError as exc:
             if not exc.connection_invalidated:
                 raise
-        with self.session() as session:
+        with self.session(single_statement=single_statement) as session:
             return work(session)
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._single is not None:
+            bind = self._single.kw.get("bind")
+            if bind is not None:
+                bind.dispose()
 
 
 def rowcount(result: Any) -> int:
@@ -68,7 +85,7 @@ def rowcount(result: Any) -> int:
     return int(getattr(result, "rowcount", 0))
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+def make_engine(url: str, *, pool_size: int = 10, autocommit: bool = False) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -78,7 +95,8 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return create_engine(url, pool_size=pool_size, max_overflow=10, pool_recycle=3600)
+    return create_engine(url, pool_size=pool_size, max_overflow=10, pool_recycle=3600,
+                         **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}))
 
 
 def _sqlite_setup(engine: Engine) -> None:

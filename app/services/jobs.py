@@ -122,8 +122,11 @@ def create_job(
                                      warning_data={"code": "no_worker_for_gpu", "gpu": gpu} if warning else None)
         return job, (outbox_id, job.id, job.queue, job.priority)
 
+    # the common case on PostgreSQL is one statement (lifecycle.submit), atomic alone: no BEGIN, no COMMIT
+    one = (db.engine.dialect.name == "postgresql" and idempotency_key is None and kind.check is None
+           and warning is None)
     try:
-        return db.run(write)
+        return db.run(write, single_statement=one)
     except IntegrityError:  # a concurrent POST with the same Idempotency-Key won
         if idempotency_key is None:
             raise
