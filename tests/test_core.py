@@ -30,14 +30,24 @@ def test_the_table_is_closed_and_terminal_states_absorb():
     assert legal(JobStatus.queued, JobStatus.running) and not legal(JobStatus.succeeded, JobStatus.running)
 
 
-@pytest.fixture(scope="module")
-def sqlite_db(tmp_path_factory):
-    db = Database(f"sqlite:///{tmp_path_factory.mktemp('core') / 'core.db'}")
-    Base.metadata.create_all(db.engine)
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def core_db(request, tmp_path_factory):
+    """The core on both databases it runs on: SQLite (embedded default) and a fresh, migrated PostgreSQL one."""
+    from migrations import upgrade
+    from tests.conftest import PG_ADMIN, create_pg_database, drop_pg_database
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('core') / 'core.db'}"
+    if request.param == "postgresql":
+        request.getfixturevalue("pg_server")
+        url = create_pg_database(PG_ADMIN)
+    upgrade(url)
+    db = Database(url)
     with db.session() as s:
         s.add(Owner(id=1, name="o"))
     yield db
     db.dispose()
+    if request.param == "postgresql":
+        drop_pg_database(PG_ADMIN, url)
 
 
 class Lifecycle(RuleBasedStateMachine):
@@ -160,8 +170,8 @@ class Lifecycle(RuleBasedStateMachine):
             assert job.error_code is not None
 
 
-def test_any_interleaving_keeps_the_invariants(sqlite_db):
-    Lifecycle.db = sqlite_db
+def test_any_interleaving_keeps_the_invariants(core_db):
+    Lifecycle.db = core_db
     run = Lifecycle.TestCase
     run.settings = settings(max_examples=60, stateful_step_count=25, deadline=None,
                             suppress_health_check=[HealthCheck.too_slow])

@@ -18,9 +18,9 @@ import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import JSON, ColumnElement, bindparam, func, insert, inspect, select, text, update
+from sqlalchemy import JSON, ColumnElement, Table, bindparam, func, insert, inspect, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from app.db import rowcount
@@ -37,6 +37,7 @@ CANCEL = "cancel"
 INVALIDATE = "invalidate"
 
 _NO_SYNC = {"synchronize_session": False}
+JOBS = cast(Table, Job.__table__)
 
 # POST /jobs on PostgreSQL: the job, its `queued` event and its outbox row in one statement (one round trip,
 # and no statement to build per request). Columns are the Job attributes a submission sets.
@@ -50,7 +51,7 @@ _SUBMIT_SQL = text(
     "e AS (INSERT INTO job_events (job_id, type, message, data, created_at) "
     "SELECT id, :event_type, :event_message, :event_data, :now FROM j) "
     "INSERT INTO outbox (job_id, queue, priority, created_at) SELECT id, queue, priority, :now FROM j RETURNING id"
-).bindparams(*(bindparam(c, type_=Job.__table__.c[c].type) for c, _ in _SUBMIT_COLUMNS),
+).bindparams(*(bindparam(c, type_=JOBS.c[c].type) for c, _ in _SUBMIT_COLUMNS),
              bindparam("event_data", type_=JSON()), bindparam("now", type_=UTCDateTime()))
 
 
@@ -63,16 +64,19 @@ def note(session: Session, channel: str, value: str) -> None:
     session.info.setdefault("llmos.signals", []).append((channel, value))
 
 
+_EVENT = insert(cast(Table, JobEvent.__table__))  # built once: the hot paths build no statement per call
+
+
 def add_event(session: Session, job_id: str, type_: str, message: str = "", **data: Any) -> None:
     """An event on a job's timeline that changes nothing else (dataset read, training started, ...)."""
-    session.execute(insert(JobEvent).values(job_id=job_id, type=type_, message=message, data=data,
-                                                      created_at=utcnow()))
+    session.execute(_EVENT, {"job_id": job_id, "type": type_, "message": message, "data": data,
+                             "created_at": utcnow()})
 
 
 def _events(session: Session, rows: list[dict[str, Any]]) -> None:
     if rows:
         now = utcnow()
-        session.execute(insert(JobEvent), [{"message": "", "data": {}, "created_at": now, **r} for r in rows])
+        session.execute(_EVENT, [{"message": "", "data": {}, "created_at": now, **r} for r in rows])
 
 
 def _webhook(session: Session, job_id: str, type_: str, url: str | None, events: list[str] | None) -> None:
@@ -93,16 +97,36 @@ def _webhook(session: Session, job_id: str, type_: str, url: str | None, events:
     session.flush()
 
 
+_CAS: dict[tuple[Any, ...], Any] = {}  # (transition, value keys, guarded by attempt, returning) -> statement
+
+
 def _cas(session: Session, name: str, job_id: str, attempt: int | None, values: dict[str, Any],
          *returning: Any) -> Any:
-    """UPDATE jobs ... WHERE id AND status IN (the transition's sources) [AND attempts = attempt] RETURNING ..."""
-    t = TRANSITIONS[name]
-    guard: list[ColumnElement[bool]] = [Job.id == job_id, Job.status.in_(sources(name))]
+    """UPDATE jobs ... WHERE id AND status IN (the transition's sources) [AND attempts = attempt] RETURNING ...
+
+    Each shape of statement is built once and then run with parameters. A value that is an SQL expression
+    (attempts + 1) is part of the statement; every other value is a parameter."""
+    keys = tuple(sorted(values))
+    cache_key = (name, keys, attempt is not None, tuple(str(r) for r in returning))
+    stmt = _CAS.get(cache_key)
+    if stmt is None:
+        table = JOBS
+        guard: list[ColumnElement[bool]] = [table.c.id == bindparam("p_id"),
+                                            or_(*(table.c.status == s for s in sources(name)))]
+        if attempt is not None:
+            guard.append(table.c.attempts == bindparam("p_attempt"))
+        sets: dict[Any, Any] = {table.c.status: TRANSITIONS[name].target, table.c.updated_at: bindparam("p_now")}
+        for key in keys:
+            column = getattr(Job, key).property.columns[0]
+            value = values[key]
+            sets[column] = value if isinstance(value, ColumnElement) else bindparam(f"v_{key}", type_=column.type)
+        stmt = _CAS[cache_key] = (update(table).where(*guard).values(sets)
+                                  .returning(*returning, Job.webhook, Job.webhook_events))
+    params = {f"v_{k}": v for k, v in values.items() if not isinstance(v, ColumnElement)}
+    params.update(p_id=job_id, p_now=utcnow())
     if attempt is not None:
-        guard.append(Job.attempts == attempt)
-    values = {"status": t.target, "updated_at": utcnow(), **values}
-    stmt = update(Job).where(*guard).values(**values).returning(*returning, Job.webhook, Job.webhook_events)
-    return session.execute(stmt, execution_options=_NO_SYNC).one_or_none()
+        params["p_attempt"] = attempt
+    return session.execute(stmt, params).one_or_none()
 
 
 # ---- submit --------------------------------------------------------------------------------------------
