@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task
@@ -28,8 +29,10 @@ def queue_name(kind: str, gpu_type: str) -> str:
     return f"{kind}.{gpu_type}"
 
 
+@functools.lru_cache(maxsize=1024)
 def make_queue(name: str) -> Queue:
-    """The one declaration of a queue, shared by publisher and worker (RabbitMQ refuses mismatched args)."""
+    """The one declaration of a queue, shared by publisher and worker (RabbitMQ refuses mismatched args).
+    Built once per name (every publish names one)."""
     return Queue(name, EXCHANGE, routing_key=name, durable=True, max_priority=MAX_PRIORITY)
 
 

@@ -75,6 +75,7 @@ class RedisBus(Bus):
         self.url = url
         self._client: Any = None
         self._stop = threading.Event()
+        self._ready = threading.Event()
 
     def _redis(self) -> Any:
         if self._client is None:
@@ -98,6 +99,8 @@ class RedisBus(Bus):
 
     def _start(self) -> None:
         threading.Thread(target=self._listen, name="signals", daemon=True).start()
+        # the first long-poll of a process must not miss a wake-up sent while its subscription was on the way
+        self._ready.wait(2.0)
 
     def _listen(self) -> None:
         import redis
@@ -108,6 +111,8 @@ class RedisBus(Bus):
                 client = redis.Redis.from_url(self.url, socket_connect_timeout=2, health_check_interval=10)
                 pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
                 pubsub.psubscribe("llmos:*")
+                pubsub.get_message(timeout=1.0)  # the server's confirmation: from here on nothing is missed
+                self._ready.set()
                 if failing:
                     log.info("signals listener reconnected")
                 failing = False

@@ -64,7 +64,7 @@ def route_for(*, db: Database, lookups: Lookups, settings: Settings, family: str
     return route(family=family, requested=requested, model_default=model_default, live=live, served=served)
 
 
-def _replay(job: Job, body_hash: str) -> Job:
+def _replay(job: Job, body_hash: str | None) -> Job:
     if job.request_hash != body_hash:
         raise Conflict("this Idempotency-Key was used with a different request body",
                        field="Idempotency-Key", code="idempotency_key_reused")
@@ -84,7 +84,7 @@ def create_job(
     env = spec.envelope
     kind = kinds.get(env.kind)
     assert kind is not None
-    body_hash = request_hash(body)
+    body_hash = request_hash(body) if idempotency_key is not None else None  # only a replay compares it
     model = None
     if kind.model_kind is not None:
         model = lookups.model(db, env.model or "", owner_id)
