@@ -256,3 +256,30 @@ def test_no_import_cycles():
     cycles = sorted({tuple(sorted((m, n))) for m in graph.modules for n in graph.find_modules_directly_imported_by(m)
                      if n in graph.modules and graph.chain_exists(importer=n, imported=m)})
     assert cycles == [], f"import cycles: {cycles}"
+
+
+def test_the_registry_is_whole_for_concurrent_first_readers():
+    """Threads that read the registry for the first time at once all see every kind (it once answered
+    'unknown kind' to requests racing its first load)."""
+    import importlib
+    import threading
+
+    from app.jobs import kinds
+
+    fresh = importlib.reload(kinds)  # an empty registry, as in a new process
+    try:
+        seen: list[int] = []
+        barrier = threading.Barrier(16)
+
+        def read() -> None:
+            barrier.wait()
+            seen.append(len(fresh.public_names()))
+
+        threads = [threading.Thread(target=read) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert seen == [4] * 16
+    finally:
+        importlib.reload(kinds)

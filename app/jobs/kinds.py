@@ -11,6 +11,7 @@ kinds the same way (entry points), without touching this file.
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -65,6 +66,8 @@ BUILTIN = (
 )
 
 _KINDS: dict[str, JobKind] = {}
+_LOAD_LOCK = threading.Lock()
+_LOADED = threading.Event()  # set once every built-in kind is registered: readers never see half a registry
 
 
 def register(kind: JobKind) -> JobKind:
@@ -83,9 +86,12 @@ def load(path: str) -> Any:
 
 
 def _loaded() -> dict[str, JobKind]:
-    if not _KINDS:
-        for path in BUILTIN:
-            register(load(path))
+    if not _LOADED.is_set():
+        with _LOAD_LOCK:
+            if not _LOADED.is_set():
+                for path in BUILTIN:
+                    register(load(path))
+                _LOADED.set()
     return _KINDS
 
 
