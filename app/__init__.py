@@ -22,7 +22,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     celery = celery_init_app(app, settings)
-    bus = bus_for(settings.broker_url, settings.data_dir)
+    bus = bus_for(settings.broker_url, settings.data_dir, settings.database_url)
     db = Database(settings.database_url, bus=bus, pool_size=settings.db_pool_size)
     publisher = Publisher(celery, settings.broker_url)
     app.extensions["llmos"] = Platform(settings=settings, db=db, publisher=publisher, bus=bus,

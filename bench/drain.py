@@ -137,6 +137,7 @@ class Ctx:
     key: str
     body: dict[str, Any]
     celery: Celery
+    raced: int = 0  # 422 "unknown kind" answers from the kinds registry race, sent again
 
     def llmos_worker(self, log: Path) -> subprocess.Popen:
         return start(llmos_argv("worker", "--gpu-type", "cpu", "--concurrency", str(CONCURRENCY)), self.env, log)
@@ -154,10 +155,10 @@ class Ctx:
 
 
 def warm_kinds(port: int, headers: dict[str, str], kind: str) -> None:
-    """Work around a race in app/jobs/kinds.py (`_loaded` fills the registry lazily, unlocked: requests that
-    arrive together while a process loads it see only the kinds registered so far and get 422 "unknown kind
-    'echo'; one of: generate"). Invalid bodies of the kind (422, no job made) until no "unknown kind" comes back
-    from either gunicorn process."""
+    """Work around a race in app/jobs/kinds.py up to 47350f0, which fixed it (`_loaded` filled the registry
+    lazily, unlocked: requests that arrived together while a process loaded it saw only the kinds registered so
+    far and got 422 "unknown kind 'echo'; one of: generate"); kept to measure older commits. Invalid bodies of the
+    kind (422, no job made) until no "unknown kind" comes back; submissions that still race are sent again."""
     invalid = {"kind": kind, "input": {}, "params": {"no_such_param": 1}}
     for _ in range(20):
         res = drive(port, headers, 64, 16, invalid)
@@ -283,12 +284,20 @@ def reset(ctx: Ctx) -> None:
 def platform_drain(ctx: Ctx, n: int, rnd: int) -> Drain:
     reset(ctx)
     api, port = ctx.api(ctx.tmp / f"api-{rnd}.log")
+    accepted = 0
     try:
-        res = drive(port, {"Authorization": f"Bearer {ctx.key}"}, n, 16, ctx.body)
+        for _ in range(10):  # requests refused by the kinds registry race (see warm_kinds) are sent again
+            res = drive(port, {"Authorization": f"Bearer {ctx.key}"}, n - accepted, 16, ctx.body)
+            accepted += len(res.latencies)
+            ctx.raced += sum("unknown kind" in e for e in res.errors)
+            if any("unknown kind" not in e for e in res.errors):
+                sys.exit(f"submit: {accepted}/{n} accepted; first error: {res.errors[:1]}")
+            if accepted == n:
+                break
     finally:
         stop(api)
-    if res.errors or len(res.latencies) != n:
-        sys.exit(f"submit: {len(res.latencies)}/{n} accepted; first error: {res.errors[:1]}")
+    if accepted != n:
+        sys.exit(f"submit: {accepted}/{n} accepted; first error: {res.errors[:1]}")
     queued = queued_messages(ctx.r, f"{ctx.body['kind']}.")
     if queued != n:
         sys.exit(f"submit: {queued} messages in Redis for {n} jobs")
@@ -405,7 +414,7 @@ def worker_round_trips(ctx: Ctx, jobs: int) -> tuple[Tally, Tally, list[str], li
                                              output={"text": "x", "finish_reason": "length"},
                                              usage={"prompt_tokens": 3, "completion_tokens": 1})
 
-    counter = RoundTrips(db.engine)
+    counter = RoundTrips()  # every engine of this process: the app may keep more than one pool
     try:
         outcome(ids[0], claim(ids[0]))  # warm-up
         claim_tally, outcome_tally = Tally(), Tally()
@@ -417,24 +426,20 @@ def worker_round_trips(ctx: Ctx, jobs: int) -> tuple[Tally, Tally, list[str], li
             c = claim(job_id)
             counter.on = False
             t = counter.total()
-            claim_tally = add(claim_tally, t)
+            claim_tally = claim_tally + t
             one_claim = one_claim or t.sql
             counter.reset()
             counter.on = True
             outcome(job_id, c)
             counter.on = False
             t = counter.total()
-            outcome_tally = add(outcome_tally, t)
+            outcome_tally = outcome_tally + t
             one_outcome = one_outcome or t.sql
     finally:
         counter.close()
         db.dispose()
     ctx.r.flushdb()
     return claim_tally, outcome_tally, one_claim, one_outcome, how
-
-
-def add(a: Tally, b: Tally) -> Tally:
-    return Tally(a.statements + b.statements, a.begins + b.begins, a.commits + b.commits, a.rollbacks + b.rollbacks)
 
 
 def shapes(sql: list[str]) -> str:
@@ -608,6 +613,9 @@ def report(ctx: Ctx, kind: str, pg_version: str, plat: list[Drain], base: list[D
           f"{med(d.spawn_rate for d in plat) / med(d.spawn_rate for d in base):>13.2f}"
           f"{med(d.cpu_ms_per_job for d in plat) / med(d.cpu_ms_per_job for d in base):>19.2f}   "
           "per round: " + " ".join(f"{x:.2f}" for x in ratio))
+    if ctx.raced:
+        print(f"NOTE: {ctx.raced} POST /jobs answered 422 \"unknown kind\" (the kinds registry race, app/jobs/kinds.py "
+              "_loaded) and were sent again")
     print(f"(medians of {args.rounds} round(s) of {args.jobs}; claim->done: first job claimed (task started) to the "
           f"last done; spawn->done: from spawning the worker process, boot included, to a 0.1 s poll seeing all; "
           f"worker CPU: user+system of the worker process between the first and the last poll that saw jobs done)")
@@ -618,13 +626,14 @@ def report(ctx: Ctx, kind: str, pg_version: str, plat: list[Drain], base: list[D
           f"{per['tup_inserted']:.2f} rows inserted, {per['tup_updated']:.2f} rows updated")
     claim, outcome, one_claim, one_outcome, how = counted
     n = args.counted
-    total = add(claim, outcome)
+    total = claim + outcome
     print(f"Worker side, in-process ({how}), per job over {n} {kind} jobs:")
     for label, t, sql in (("claim", claim, one_claim), ("outcome", outcome, one_outcome)):
         print(f"  {label:<8} {t.statements / n:.2f} statements + {t.begins / n:.2f} BEGIN + {t.commits / n:.2f} COMMIT"
-              f" = {t.round_trips / n:.2f} round trips: {shapes(sql)}")
+              f" + {t.pings / n:.2f} pre-ping = {t.round_trips / n:.2f} round trips: {shapes(sql)}")
     print(f"  round trips per job (claim + outcome): {total.round_trips / n:.2f} "
-          f"({total.statements / n:.2f} statements, {total.commits / n:.2f} transactions)")
+          f"({total.statements / n:.2f} statements; {total.commits / n:.2f} transactions committed, "
+          f"{total.pings / n:.2f} pre-pings)")
     own, background, rate, one = submit
     print(f"Submit side, per POST /jobs (in-process, {n} sequential POSTs at {rate:.0f}/s):")
     print_round_trips("  POST", own, background, n, one)

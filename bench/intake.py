@@ -14,9 +14,10 @@ turns (llmos, naive, llmos, naive, ...) for --rounds rounds, so a noisy machine 
 printed.
 
 It then counts the database round trips of one POST /jobs in the common case, in-process: the same app on a
-Flask test client (same database, Redis and key), SQLAlchemy events on its engine, after a warm-up request (the
-caches are warm): statements, BEGINs (psycopg 3 sends one before a transaction's first statement, a round trip
-of its own) and COMMITs, on the request's thread and on background threads (the outbox marking).
+Flask test client (same database, Redis and key), SQLAlchemy events on every engine of the process, after a
+warm-up request (the caches are warm): statements, BEGINs (psycopg 3 sends one before a transaction's first
+statement, a round trip of its own) and COMMITs, on the request's thread and on background threads (the outbox
+marking).
 
     python bench/intake.py                       # 3 rounds of 2000 requests per target, 16 client threads
     python bench/intake.py --requests 5000 --concurrency 32 --rounds 5
@@ -52,6 +53,7 @@ from celery import Celery
 from flask import Flask, request
 from sqlalchemy import JSON, Engine, String, create_engine, event, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.pool import Pool
 
 HERE = Path(__file__).resolve().parent
 BODY = {"kind": "generate", "model": "tiny-random-llama", "input": {"prompt": "Say hello."},
@@ -220,31 +222,48 @@ class Tally:
     begins: int = 0
     commits: int = 0
     rollbacks: int = 0
+    pings: int = 0  # pool pre-ping on checkout: an empty statement, a round trip (and a transaction) of its own
     sql: list[str] = field(default_factory=list)
 
     @property
     def round_trips(self) -> int:
-        return self.begins + self.statements + self.commits + self.rollbacks
+        return self.begins + self.statements + self.commits + self.rollbacks + self.pings
+
+    def __add__(self, other: Tally) -> Tally:
+        return Tally(self.statements + other.statements, self.begins + other.begins, self.commits + other.commits,
+                     self.rollbacks + other.rollbacks, self.pings + other.pings, self.sql + other.sql)
 
 
 class RoundTrips:
-    """What an engine sends to the database, per thread name: statements (`before_cursor_execute`), BEGINs
-    (psycopg 3 sends `BEGIN` as a round trip of its own before the first statement of a transaction), COMMITs
-    and ROLLBACKs that reach the server (psycopg skips them on an idle connection). Counts only while `on`."""
+    """What SQLAlchemy sends to the database, per thread name: statements (`before_cursor_execute`), BEGINs
+    (psycopg 3 sends `BEGIN` as a round trip of its own before the first statement of a transaction, none on an
+    autocommit connection), COMMITs and ROLLBACKs that reach the server (psycopg skips them on an idle
+    connection) and the pool's pre-ping of a reused connection at checkout (where the engine has pool_pre_ping).
+    Counts only while `on`. It listens on every engine and pool of the process (the app may keep more than one
+    pool, e.g. an autocommit one); statements sent on a raw driver connection (COPY) are not seen."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self) -> None:
         self.on = False
         self.threads: dict[str, Tally] = {}
         self._lock = threading.Lock()
-        event.listen(engine, "before_cursor_execute", self._statement)
-        event.listen(engine, "commit", self._commit)
-        event.listen(engine, "rollback", self._rollback)
+        self._listeners = [(Engine, "before_cursor_execute", self._statement), (Engine, "commit", self._commit),
+                           (Engine, "rollback", self._rollback), (Pool, "connect", self._connect),
+                           (Pool, "checkout", self._checkout)]
+        for target, name, fn in self._listeners:
+            event.listen(target, name, fn)
 
     def close(self) -> None:
-        event.remove(self.engine, "before_cursor_execute", self._statement)
-        event.remove(self.engine, "commit", self._commit)
-        event.remove(self.engine, "rollback", self._rollback)
+        for target, name, fn in self._listeners:
+            event.remove(target, name, fn)
+
+    @staticmethod
+    def _connect(dbapi_conn: Any, record: Any) -> None:
+        record.info["bench.fresh"] = True  # the pool does not ping a connection it has just made
+
+    def _checkout(self, dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        fresh = record.info.pop("bench.fresh", False)
+        if self.on and not fresh and getattr(getattr(proxy, "_pool", None), "_pre_ping", False):
+            self._tally().pings += 1
 
     def reset(self) -> None:
         with self._lock:
@@ -288,11 +307,7 @@ class RoundTrips:
         for name, t in items:
             if (thread is not None and name != thread) or (exclude is not None and name == exclude):
                 continue
-            out.statements += t.statements
-            out.begins += t.begins
-            out.commits += t.commits
-            out.rollbacks += t.rollbacks
-            out.sql += t.sql
+            out = out + t
         return out
 
 
@@ -302,6 +317,10 @@ def sql_shape(statement: str) -> str:
     if not words:
         return "?"
     upper = [w.upper() for w in words]
+    if upper[0] == "WITH":  # data-modifying CTEs: every table written
+        written = [f"{'INSERT' if w == 'INTO' else w} {words[i + 1].split('(')[0]}"
+                   for i, w in enumerate(upper[:-1]) if w in ("INTO", "UPDATE")]
+        return f"WITH ({', '.join(written)})" if written else "WITH"
     for marker in ("INTO", "UPDATE", "FROM"):
         if marker in upper and upper.index(marker) + 1 < len(words):
             return f"{upper[0]} {words[upper.index(marker) + 1].split('(')[0]}"
@@ -319,10 +338,9 @@ def count_submit_round_trips(*, db_url: str, broker_url: str, data_dir: Path, ke
     from app import create_app
 
     app = create_app(llmos_config(db_url, broker_url, data_dir))
-    engine = app.extensions["llmos"].db.engine
     client = app.test_client()
     headers = {"Authorization": f"Bearer {key}"}
-    counter = RoundTrips(engine)
+    counter = RoundTrips()  # every engine of this process: the app's pools (the bench's own are idle meanwhile)
     main = threading.current_thread().name
     try:
         for _ in range(2):  # warm-up: connections, caches (key, model, webhook, gpu types), prepared plans
@@ -349,8 +367,8 @@ def count_submit_round_trips(*, db_url: str, broker_url: str, data_dir: Path, ke
 
 def print_round_trips(label: str, own: Tally, background: Tally, per: int, one: list[str]) -> None:
     print(f"{label}: on the request's thread, per POST: {own.statements / per:.2f} statements, "
-          f"{own.begins / per:.2f} BEGIN, {own.commits / per:.2f} COMMIT, {own.rollbacks / per:.2f} ROLLBACK "
-          f"= {own.round_trips / per:.2f} round trips")
+          f"{own.begins / per:.2f} BEGIN, {own.commits / per:.2f} COMMIT, {own.rollbacks / per:.2f} ROLLBACK, "
+          f"{own.pings / per:.2f} pre-ping = {own.round_trips / per:.2f} round trips")
     print(f"{' ' * len(label)}  background threads (outbox marking, amortised over {per} sequential POSTs): "
           f"{background.statements / per:.3f} statements, {background.round_trips / per:.3f} round trips per POST")
     shapes = Counter(sql_shape(s) for s in one)

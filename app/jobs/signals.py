@@ -2,7 +2,9 @@
 once), a cached key or model to drop. Sent after the commit that caused them; a lost wake-up costs only time,
 never correctness, because every listener also has a slow database fallback.
 
-- Redis broker: Redis pub/sub on the broker's server (channels `llmos:<channel>`).
+- Redis broker: Redis pub/sub on the broker's server, on channels `llmos:<namespace>:<channel>`; the namespace
+  (the broker's Redis database and the database's name) keeps deployments that share a Redis server apart
+  (pub/sub ignores Redis database numbers).
 - Embedded default (filesystem broker, one machine): Unix datagram sockets in a folder under the temp dir, one
   per listening process; a publisher sends to each.
 - Any other broker: no wake-ups (`live` is False); long-polls and workers poll the database instead.
@@ -70,9 +72,10 @@ class Bus:
 class RedisBus(Bus):
     live = True
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, namespace: str = "") -> None:
         super().__init__()
         self.url = url
+        self.prefix = f"llmos:{namespace}:" if namespace else "llmos:"
         self._client: Any = None
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -92,7 +95,7 @@ class RedisBus(Bus):
         try:
             pipe = self._redis().pipeline(transaction=False)
             for channel, value in notes:
-                pipe.publish(f"llmos:{channel}", value)
+                pipe.publish(self.prefix + channel, value)
             pipe.execute()
         except Exception as exc:  # noqa: BLE001 - Redis down: listeners fall back to the database
             log.warning("signals not sent (%s); listeners fall back to polling", exc.__class__.__name__)
@@ -110,7 +113,7 @@ class RedisBus(Bus):
             try:
                 client = redis.Redis.from_url(self.url, socket_connect_timeout=2, health_check_interval=10)
                 pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-                pubsub.psubscribe("llmos:*")
+                pubsub.psubscribe(self.prefix + "*")
                 pubsub.get_message(timeout=1.0)  # the server's confirmation: from here on nothing is missed
                 self._ready.set()
                 if failing:
@@ -119,7 +122,7 @@ class RedisBus(Bus):
                 while not self._stop.is_set():
                     msg = pubsub.get_message(timeout=1.0)
                     if msg and msg.get("type") == "pmessage":
-                        channel = msg["channel"].decode().removeprefix("llmos:")
+                        channel = msg["channel"].decode().removeprefix(self.prefix)
                         self._dispatch(channel, msg["data"].decode())
             except Exception as exc:  # noqa: BLE001 - reconnect after a Redis restart
                 if not failing:
@@ -189,9 +192,11 @@ class SocketBus(Bus):
                 self._path.unlink()
 
 
-def bus_for(broker_url: str, data_dir: Path) -> Bus:
+def bus_for(broker_url: str, data_dir: Path, database_url: str = "") -> Bus:
     if broker_url.startswith(("redis://", "rediss://")):
-        return RedisBus(broker_url)
+        redis_db = broker_url.rsplit("/", 1)[-1].split("?")[0] if broker_url.count("/") >= 3 else "0"
+        database = database_url.rsplit("/", 1)[-1].split("?")[0]
+        return RedisBus(broker_url, f"{redis_db or '0'}:{database}")
     if broker_url.startswith("filesystem") and hasattr(socket, "AF_UNIX"):
         return SocketBus(data_dir)
     return Bus()
