@@ -122,6 +122,8 @@ class Publisher:
             self.celery.send_task(
                 RUN_JOB_TASK,
                 args=[job_id],
+                argsrepr=f"[{job_id!r}]",  # what Celery would otherwise compute with saferepr on every publish
+                kwargsrepr="{}",
                 queue=make_queue(queue),
                 priority=broker_priority(self.broker_url, priority),
                 producer=producer,
