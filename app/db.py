@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,17 +30,16 @@ class Database:
         self.engine = make_engine(url, pool_size=pool_size)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
         self.pool_size = pool_size
-        self._single: sessionmaker[Session] | None = None
+        self._single: Engine | None = None
         self.bus = bus
 
     @property
-    def single_statement(self) -> sessionmaker[Session]:
-        """Sessions on a second pool whose connections are in autocommit: each statement is its own
-        transaction, with no BEGIN and no COMMIT round trip (units of work of one statement, such as submitting
-        a job on PostgreSQL). Made on first use: a worker never opens it."""
+    def single_statement(self) -> Engine:
+        """A second pool whose connections are in autocommit: each statement is its own transaction, with no
+        BEGIN and no COMMIT round trip, for units of work of one statement (submitting a job on PostgreSQL).
+        Made on first use: a worker never opens it."""
         if self._single is None:
-            self._single = sessionmaker(make_engine(self.url, pool_size=self.pool_size, autocommit=True),
-                                        expire_on_commit=False)
+            self._single = make_engine(self.url, pool_size=self.pool_size, autocommit=True)
         return self._single
 
     @contextmanager
@@ -48,7 +47,7 @@ class Database:
         """A unit of work: commits on success, rolls back on error, always closes. The wake-ups its transitions
         noted (app.jobs.lifecycle.note) are sent after the commit. `single_statement`: the work is one statement,
         atomic by itself, run without a transaction around it."""
-        session = (self.single_statement if single_statement else self.sessionmaker)()
+        session = Session(self.single_statement) if single_statement else self.sessionmaker()
         try:
             yield session
             session.commit()
@@ -72,12 +71,22 @@ class Database:
         with self.session(single_statement=single_statement) as session:
             return work(session)
 
+    def run_statement(self, work: Callable[[Connection], T]) -> T:
+        """One statement on the autocommit pool, without an ORM session around it (the hottest path: one
+        POST /jobs); once more on a fresh connection if the first one was dead."""
+        for attempt in (1, 2):
+            try:
+                with self.single_statement.connect() as conn:
+                    return work(conn)
+            except DBAPIError as exc:
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
+
     def dispose(self) -> None:
         self.engine.dispose()
         if self._single is not None:
-            bind = self._single.kw.get("bind")
-            if bind is not None:
-                bind.dispose()
+            self._single.dispose()
 
 
 def rowcount(result: Any) -> int:

@@ -20,7 +20,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import JSON, ColumnElement, Table, bindparam, func, insert, inspect, or_, select, text, update
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Connection,
+    Table,
+    bindparam,
+    func,
+    insert,
+    inspect,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from app.db import rowcount
@@ -132,8 +145,8 @@ def _cas(session: Session, name: str, job_id: str, attempt: int | None, values: 
 # ---- submit --------------------------------------------------------------------------------------------
 
 
-def submit(session: Session, job: Job, *, warning: str | None = None, warning_data: dict[str, Any] | None = None
-           ) -> int:
+def submit(session: Session | Connection, job: Job, *, warning: str | None = None,
+           warning_data: dict[str, Any] | None = None) -> int:
     """A new queued job, its `queued` event (and a `warning` one) and its outbox row, in the caller's
     transaction. Returns the outbox row's id (what the fast path marks sent after publishing). On PostgreSQL it
     is one statement (data-modifying CTEs): the hot path of every POST /jobs."""
@@ -146,7 +159,9 @@ def submit(session: Session, job: Job, *, warning: str | None = None, warning_da
     events = [("queued", f"queued on {job.queue}", {"queue": job.queue, "priority": job.priority})]
     if warning:
         events.append(("warning", warning, warning_data or {}))
-    if session.get_bind().dialect.name != "postgresql":
+    dialect = session.dialect if isinstance(session, Connection) else session.get_bind().dialect
+    if dialect.name != "postgresql":
+        assert isinstance(session, Session), "SQLite submits through a session"
         box = Outbox(job_id=job.id, queue=job.queue, priority=job.priority, created_at=now)
         session.add_all([job, *(JobEvent(job_id=job.id, type=t, message=m, data=d, created_at=now)
                                 for t, m, d in events), box])
@@ -156,7 +171,8 @@ def submit(session: Session, job: Job, *, warning: str | None = None, warning_da
     params.update(event_type=events[0][0], event_message=events[0][1], event_data=events[0][2], now=now)
     outbox_id = session.execute(_SUBMIT_SQL, params).scalar_one()
     if len(events) > 1:
-        add_event(session, job.id, events[1][0], events[1][1], **events[1][2])
+        session.execute(_EVENT, {"job_id": job.id, "type": events[1][0], "message": events[1][1],
+                                 "data": events[1][2], "created_at": now})
     return int(outbox_id)
 
 

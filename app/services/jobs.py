@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -101,16 +101,8 @@ def create_job(
     if webhook is None:
         webhook, webhook_events = lookups.default_webhook(db, owner_id) or (None, None)
 
-    def write(session: Session) -> tuple[Job, tuple[int, str, str, int] | None]:
-        if idempotency_key is not None:
-            existing = find_by_idempotency_key(session=session, owner_id=owner_id, key=idempotency_key)
-            if existing is not None:
-                return _replay(existing, body_hash), None
-        if kind.check is not None:
-            entry = session.get(ModelEntry, env.model) if env.model else None
-            kinds.load(kind.check)(session=session, settings=settings, owner_id=owner_id, base=entry,
-                                   input=spec.input, params=spec.params)
-        job = Job(
+    def new_job() -> Job:
+        return Job(
             id=lifecycle.new_id("job"), owner_id=owner_id, kind=env.kind, model=env.model, input=spec.input,
             params=spec.params, gpu=gpu, queue=queue, priority=env.priority,
             timeout_s=env.timeout_s or kind.default_timeout_s or settings.default_timeout_s,
@@ -118,15 +110,26 @@ def create_job(
             request_hash=body_hash, webhook=webhook,
             webhook_events=list(webhook_events or DEFAULT_WEBHOOK_EVENTS) if webhook else None,
         )
+
+    def write(session: Session | Connection) -> tuple[Job, tuple[int, str, str, int] | None]:
+        if isinstance(session, Session) and idempotency_key is not None:
+            existing = find_by_idempotency_key(session=session, owner_id=owner_id, key=idempotency_key)
+            if existing is not None:
+                return _replay(existing, body_hash), None
+        if isinstance(session, Session) and kind.check is not None:
+            entry = session.get(ModelEntry, env.model) if env.model else None
+            kinds.load(kind.check)(session=session, settings=settings, owner_id=owner_id, base=entry,
+                                   input=spec.input, params=spec.params)
+        job = new_job()
         outbox_id = lifecycle.submit(session, job, warning=warning,
                                      warning_data={"code": "no_worker_for_gpu", "gpu": gpu} if warning else None)
         return job, (outbox_id, job.id, job.queue, job.priority)
 
-    # the common case on PostgreSQL is one statement (lifecycle.submit), atomic alone: no BEGIN, no COMMIT
-    one = (db.engine.dialect.name == "postgresql" and idempotency_key is None and kind.check is None
-           and warning is None)
     try:
-        return db.run(write, single_statement=one)
+        if (db.engine.dialect.name == "postgresql" and idempotency_key is None and kind.check is None
+                and warning is None):  # the common case: one statement, atomic alone (no BEGIN, no COMMIT)
+            return db.run_statement(write)
+        return db.run(write)
     except IntegrityError:  # a concurrent POST with the same Idempotency-Key won
         if idempotency_key is None:
             raise
