@@ -34,7 +34,8 @@ class AuthResource(Resource):
 
     @staticmethod
     def base_url() -> str:
-        return platform().settings.public_url.rstrip("/") or request.host_url.rstrip("/")
+        # scheme + Host header as sent: request.host_url would re-encode it through IRI/URI conversions each time
+        return platform().settings.public_url.rstrip("/") or f"{request.scheme}://{request.host}"
 
     @staticmethod
     def json_body() -> Any:
