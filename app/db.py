@@ -77,10 +77,17 @@ class Database:
         for attempt in (1, 2):
             try:
                 with self.single_statement.connect() as conn:
-                    return work(conn)
+                    try:
+                        result = work(conn)
+                    finally:
+                        notes = conn.info.pop("llmos.signals", None)  # the connection outlives this call
             except DBAPIError as exc:
                 if attempt == 2 or not exc.connection_invalidated:
                     raise
+                continue
+            if notes and self.bus is not None:
+                self.bus.publish(notes)
+            return result
         raise AssertionError("unreachable")
 
     def dispose(self) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task
@@ -29,10 +28,10 @@ def queue_name(kind: str, gpu_type: str) -> str:
     return f"{kind}.{gpu_type}"
 
 
-@functools.lru_cache(maxsize=1024)
 def make_queue(name: str) -> Queue:
     """The one declaration of a queue, shared by publisher and worker (RabbitMQ refuses mismatched args).
-    Built once per name (every publish names one)."""
+    A new object each time: kombu binds a Queue to the channel it was declared on, so a shared one would carry
+    a dead channel into the next connection (a test caught jobs never published after a second app started)."""
     return Queue(name, EXCHANGE, routing_key=name, durable=True, max_priority=MAX_PRIORITY)
 
 

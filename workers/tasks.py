@@ -11,7 +11,6 @@ from typing import Any
 from celery import shared_task
 from flask import current_app
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.orm import Session
 
 from app.jobs import kinds, lifecycle
 from app.queue import RUN_JOB_TASK
@@ -64,8 +63,10 @@ def run_job(self: Any, job_id: str) -> None:
         crash = f"internal error ({exc.__class__.__name__})"
         _store(rt, lambda s: lifecycle.fail(s, job_id=job_id, attempt=attempt, code="internal", message=crash))
     else:
+        # nothing to write along (no webhook delivery, no batch, no `also`): the outcome is one statement
+        single = not claim.has_webhook and claim.batch_id is None and outcome.also is None
         stored = _store(rt, lambda s: lifecycle.succeed(s, job_id=job_id, attempt=attempt, output=outcome.output,
-                                                        usage=outcome.usage, also=outcome.also))
+                                                        usage=outcome.usage, also=outcome.also), single=single)
         log.info("job=%s state=succeeded stored=%s", job_id, stored)
     finally:
         rt.job_ended(job_id)
@@ -99,14 +100,19 @@ def _run(rt: WorkerRuntime, claim: lifecycle.Claim, cancel: Any) -> Outcome:
     return handler(ctx, rt)
 
 
-def _store(rt: WorkerRuntime, write: Callable[[Session], bool]) -> bool:
+def _store(rt: WorkerRuntime, write: Callable[[Any], bool], single: bool = False) -> bool:
     """Write an outcome; while the database is unreachable keep trying (with backoff) for a bounded time.
-    The write is compare-and-set, so a late write after the job was handed elsewhere changes nothing."""
+    The write is compare-and-set, so a late write after the job was handed elsewhere changes nothing.
+    `single`: the write is one statement (PostgreSQL), run without a transaction around it."""
+    db = rt.platform.db
+    single = single and db.engine.dialect.name == "postgresql"
     deadline = time.monotonic() + rt.platform.settings.outcome_write_retry_s
     delay = 0.5
     while True:
         try:
-            with rt.platform.db.session() as session:
+            if single:
+                return db.run_statement(write)
+            with db.session() as session:
                 return write(session)
         except TRANSIENT_DB:
             if time.monotonic() > deadline:

@@ -34,6 +34,8 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy import cast as cast_
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from app.db import rowcount
@@ -42,7 +44,10 @@ from app.jobs.states import TERMINAL, TRANSITIONS, JobStatus, sources
 from app.models import Batch, BatchItem, Job, JobEvent, Outbox, UTCDateTime, WebhookDelivery, utcnow
 from app.schemas import DEFAULT_WEBHOOK_EVENTS, WEBHOOK_FILTERS, iso, job_public
 
-Also = Callable[[Session], None]  # more writes that belong to the same transaction (items, a new model)
+Also = Callable[[Session], None]
+# a transaction's session, or a connection in autocommit for a transition that is one statement (an outcome with
+# no webhook to queue and nothing else to write: app.db.Database.run_statement)
+Executor = Session | Connection  # more writes that belong to the same transaction (items, a new model)
 
 
 ENDED = "ended"  # signal channels (app.jobs.signals)
@@ -72,7 +77,7 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
 
 
-def note(session: Session, channel: str, value: str) -> None:
+def note(session: Executor, channel: str, value: str) -> None:
     """A wake-up to send once this transaction commits (Database.session sends them)."""
     session.info.setdefault("llmos.signals", []).append((channel, value))
 
@@ -86,16 +91,17 @@ def add_event(session: Session, job_id: str, type_: str, message: str = "", **da
                              "created_at": utcnow()})
 
 
-def _events(session: Session, rows: list[dict[str, Any]]) -> None:
+def _events(session: Executor, rows: list[dict[str, Any]]) -> None:
     if rows:
         now = utcnow()
         session.execute(_EVENT, [{"message": "", "data": {}, "created_at": now, **r} for r in rows])
 
 
-def _webhook(session: Session, job_id: str, type_: str, url: str | None, events: list[str] | None) -> None:
+def _webhook(session: Executor, job_id: str, type_: str, url: str | None, events: list[str] | None) -> None:
     """A delivery row for `type_` when the job's webhook filter takes it; nothing is read for jobs without one."""
     if not url or WEBHOOK_FILTERS[type_] not in (events or DEFAULT_WEBHOOK_EVENTS):
         return
+    assert isinstance(session, Session), "a webhook delivery is written in the transition's transaction"
 
     job = session.get(Job, job_id, populate_existing=True)
     assert job is not None
@@ -113,14 +119,18 @@ def _webhook(session: Session, job_id: str, type_: str, url: str | None, events:
 _CAS: dict[tuple[Any, ...], Any] = {}  # (transition, value keys, guarded by attempt, returning) -> statement
 
 
-def _cas(session: Session, name: str, job_id: str, attempt: int | None, values: dict[str, Any],
-         *returning: Any) -> Any:
-    """UPDATE jobs ... WHERE id AND status IN (the transition's sources) [AND attempts = attempt] RETURNING ...
+def _cas(session: Executor, name: str, job_id: str, attempt: int | None, values: dict[str, Any],
+         *returning: Any, event: tuple[str, str, dict[str, Any]] | None = None) -> Any:
+    """UPDATE jobs ... WHERE id AND status IN (the transition's sources) [AND attempts = attempt] RETURNING ...,
+    and the transition's event row (type, message, data; the new attempt number is added to data as `attempt`
+    when the transition moves it) when the update took: on PostgreSQL in the same statement (a data-modifying
+    CTE), elsewhere in a second one.
 
     Each shape of statement is built once and then run with parameters. A value that is an SQL expression
     (attempts + 1) is part of the statement; every other value is a parameter."""
     keys = tuple(sorted(values))
-    cache_key = (name, keys, attempt is not None, tuple(str(r) for r in returning))
+    in_cte = event is not None and _dialect(session) == "postgresql"
+    cache_key = (name, keys, attempt is not None, tuple(str(r) for r in returning), in_cte)
     stmt = _CAS.get(cache_key)
     if stmt is None:
         table = JOBS
@@ -133,13 +143,38 @@ def _cas(session: Session, name: str, job_id: str, attempt: int | None, values: 
             column = getattr(Job, key).property.columns[0]
             value = values[key]
             sets[column] = value if isinstance(value, ColumnElement) else bindparam(f"v_{key}", type_=column.type)
-        stmt = _CAS[cache_key] = (update(table).where(*guard).values(sets)
-                                  .returning(*returning, Job.webhook, Job.webhook_events))
+        stmt = update(table).where(*guard).values(sets).returning(*returning, Job.webhook, Job.webhook_events,
+                                                                 table.c.attempts.label("new_attempt"))
+        if in_cte:
+            u = stmt.returning(table.c.id.label("cas_id")).cte("u")
+            data = cast_(bindparam("e_data", type_=JSONB()).op("||")(
+                func.jsonb_build_object("attempt", u.c.new_attempt)) if "attempts" in values
+                else bindparam("e_data", type_=JSONB()), JSON())
+            e = insert(cast(Table, JobEvent.__table__)).from_select(
+                ["job_id", "type", "message", "data", "created_at"],
+                select(u.c.cas_id, bindparam("e_type"), bindparam("e_message"), data, bindparam("p_now"))).cte("e")
+            stmt = select(*(c for c in u.c if c.name != "cas_id")).add_cte(e)
+        _CAS[cache_key] = stmt
+    now = utcnow()
     params = {f"v_{k}": v for k, v in values.items() if not isinstance(v, ColumnElement)}
-    params.update(p_id=job_id, p_now=utcnow())
+    params.update(p_id=job_id, p_now=now)
     if attempt is not None:
         params["p_attempt"] = attempt
-    return session.execute(stmt, params).one_or_none()
+    if in_cte:
+        assert event is not None
+        params.update(e_type=event[0], e_message=event[1], e_data=event[2])
+    row = session.execute(stmt, params).one_or_none()
+    if row is None:
+        return None
+    if event is not None and not in_cte:
+        event_data = {**event[2], "attempt": row[-1]} if "attempts" in values else event[2]
+        session.execute(_EVENT, {"job_id": job_id, "type": event[0], "message": event[1], "data": event_data,
+                                 "created_at": now})
+    return row[:-1]
+
+
+def _dialect(session: Executor) -> str:
+    return str(session.dialect.name if isinstance(session, Connection) else session.get_bind().dialect.name)
 
 
 # ---- submit --------------------------------------------------------------------------------------------
@@ -219,6 +254,7 @@ class Claim:
     owner_id: int
     batch_id: str | None
     started_at: datetime
+    has_webhook: bool = False  # its outcome has a delivery to queue: it cannot be a single statement
 
 
 def claim(session: Session, *, job_id: str, worker_id: str) -> Claim | None:
@@ -226,17 +262,18 @@ def claim(session: Session, *, job_id: str, worker_id: str) -> Claim | None:
     now = utcnow()
     row = _cas(session, "claim", job_id, None,
                {"attempts": Job.attempts + 1, "worker_id": worker_id, "started_at": now, "progress": None},
-               Job.kind, Job.model, Job.input, Job.params, Job.timeout_s, Job.attempts, Job.owner_id, Job.batch_id)
+               Job.kind, Job.model, Job.input, Job.params, Job.timeout_s, Job.attempts, Job.owner_id, Job.batch_id,
+               event=("running", f"started on {worker_id}", {"worker_id": worker_id}))
     if row is None:
         return None
     kind, model, input_, params, timeout_s, attempt, owner_id, batch_id, url, events = row
-    add_event(session, job_id, "running", f"started on {worker_id}", worker_id=worker_id, attempt=attempt)
     if batch_id is not None:  # the batch starts with its first chunk
         session.execute(update(Batch).where(Batch.id == batch_id, Batch.status == JobStatus.queued)
                         .values(status=JobStatus.running, started_at=now, updated_at=now),
                         execution_options=_NO_SYNC)
     _webhook(session, job_id, "job.started", url, events)
-    return Claim(job_id, kind, model, dict(input_), dict(params or {}), timeout_s, attempt, owner_id, batch_id, now)
+    return Claim(job_id, kind, model, dict(input_), dict(params or {}), timeout_s, attempt, owner_id, batch_id, now,
+                 url is not None)
 
 
 def progress(session: Session, *, job_id: str, attempt: int, done: int, total: int, message: str = "",
@@ -260,15 +297,21 @@ def hold(session: Session, *, job_id: str, attempt: int) -> bool:
     return session.scalar(stmt) is not None
 
 
-def _end(session: Session, name: str, job_id: str, attempt: int | None, values: dict[str, Any],
-         message: str, data: dict[str, Any], also: Also | None = None) -> bool:
-    row = _cas(session, name, job_id, attempt, {"finished_at": utcnow(), **values}, Job.batch_id)
+def _end(session: Executor, name: str, job_id: str, attempt: int | None, values: dict[str, Any],
+         message: str, data: dict[str, Any], also: Also | None = None,
+         first: list[dict[str, Any]] | None = None) -> bool:
+    """A transition into a terminal state; `first`: happenings that led to it, on the timeline before it."""
+    target = TRANSITIONS[name].target
+    event = (target.value, message, data)
+    row = _cas(session, name, job_id, attempt, {"finished_at": utcnow(), **values}, Job.batch_id,
+               event=None if first else event)
     if row is None:
         return False
+    if first:
+        _events(session, [*first, {"job_id": job_id, "type": event[0], "message": event[1], "data": event[2]}])
     batch_id, url, events = row
-    target = TRANSITIONS[name].target
-    add_event(session, job_id, target.value, message, **data)
     if also is not None:
+        assert isinstance(session, Session), "writes that come along need a transaction"
         also(session)
     _webhook(session, job_id, f"job.{target.value}", url, events)
     note(session, ENDED, job_id)
@@ -277,7 +320,7 @@ def _end(session: Session, name: str, job_id: str, attempt: int | None, values: 
     return True
 
 
-def succeed(session: Session, *, job_id: str, attempt: int, output: dict[str, Any], usage: dict[str, Any],
+def succeed(session: Executor, *, job_id: str, attempt: int, output: dict[str, Any], usage: dict[str, Any],
             also: Also | None = None) -> bool:
     """running | cancelling -> succeeded, with its output; `also` writes what must commit with it (the model a
     fine-tune registers, a chunk's documents)."""
@@ -285,7 +328,7 @@ def succeed(session: Session, *, job_id: str, attempt: int, output: dict[str, An
                 {"usage": usage}, also)
 
 
-def fail(session: Session, *, job_id: str, attempt: int, code: str, message: str,
+def fail(session: Executor, *, job_id: str, attempt: int, code: str, message: str,
          usage: dict[str, Any] | None = None, output: dict[str, Any] | None = None, also: Also | None = None) -> bool:
     """running | cancelling -> failed (or cancelled, for code `cancelled`: the worker stopped on a cancel).
     `output` keeps what a stopped job made before it stopped."""
@@ -359,18 +402,17 @@ def recover_lost(session: Session, *, job_id: str, status: str, attempt: int, ma
     Returns what happened ("requeued", "failed", "cancelled") or None when the job had moved on."""
     msg = f"worker {worker_id} stopped heart-beating during attempt {attempt}"
     lost = {"worker_id": worker_id, "attempt": attempt}
+    first = [{"job_id": job_id, "type": "worker_lost", "message": msg, "data": lost}]
     if status == JobStatus.cancelling:
         if _end(session, "cancel_lost", job_id, attempt,
                 {"error_code": "cancelled", "error_message": "cancelled (its worker was lost while stopping)"},
-                "cancelled", {"code": "cancelled"}):
-            _events(session, [{"job_id": job_id, "type": "worker_lost", "message": msg, "data": lost}])
+                "cancelled", {"code": "cancelled"}, first=first):
             return "cancelled"
         return None
     if attempt >= max_attempts:
         if _end(session, "fail_lost", job_id, attempt,
                 {"error_code": "worker_lost", "error_message": f"{msg}; no attempts left ({attempt}/{max_attempts})"},
-                "no attempts left", {"code": "worker_lost"}):
-            _events(session, [{"job_id": job_id, "type": "worker_lost", "message": msg, "data": lost}])
+                "no attempts left", {"code": "worker_lost"}, first=first):
             return "failed"
         return None
     row = _cas(session, "requeue_lost", job_id, attempt, {"worker_id": None, "started_at": None},
