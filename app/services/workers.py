@@ -26,11 +26,7 @@ def heartbeat(*, session: Session, worker_id: str, **fields: Any) -> None:
 def is_alive(w: Worker, *, stale_after_s: float, now: datetime | None = None) -> bool:
     if w.stopped_at is not None:
         return False
-    last = w.last_heartbeat_at
-    now = now or utcnow()
-    if last.tzinfo is None:
-        now = now.replace(tzinfo=None)
-    return now - last < timedelta(seconds=stale_after_s)
+    return (now or utcnow()) - w.last_heartbeat_at < timedelta(seconds=stale_after_s)
 
 
 def list_workers(*, session: Session) -> list[Worker]:
