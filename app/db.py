@@ -77,10 +77,9 @@ class Database:
         for attempt in (1, 2):
             try:
                 with self.single_statement.connect() as conn:
-                    try:
-                        result = work(conn)
-                    finally:
-                        notes = conn.info.pop("llmos.signals", None)  # the connection outlives this call
+                    conn.info.pop("llmos.signals", None)  # the pooled connection outlives a call that failed
+                    result = work(conn)
+                    notes = conn.info.pop("llmos.signals", None)
             except DBAPIError as exc:
                 if attempt == 2 or not exc.connection_invalidated:
                     raise
