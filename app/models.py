@@ -6,7 +6,19 @@ import enum
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Dialect, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -62,6 +74,9 @@ class StatusType(TypeDecorator[JobStatus]):
         return None if value is None else JobStatus(value)
 
 
+OPEN_STATUSES = "status IN ('queued', 'running', 'cancelling')"  # what the scheduler and claims look up
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime(), JobStatus: StatusType()}
 
@@ -88,7 +103,10 @@ class Job(Base):
     __table_args__ = (
         UniqueConstraint("owner_id", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
         Index("ix_jobs_owner_created", "owner_id", "created_at", "id"),
-        Index("ix_jobs_status", "status"),
+        # partial indexes: every POST and every status change writes only the entries someone looks up
+        Index("ix_jobs_status", "status", postgresql_where=text(OPEN_STATUSES), sqlite_where=text(OPEN_STATUSES)),
+        Index("ix_jobs_batch_id", "batch_id", postgresql_where=text("batch_id IS NOT NULL"),
+              sqlite_where=text("batch_id IS NOT NULL")),
     )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"))
@@ -100,8 +118,7 @@ class Job(Base):
     queue: Mapped[str] = mapped_column(String(64))
     priority: Mapped[int] = mapped_column(Integer, default=5)
     # a batch's chunk is a job with its batch as parent: claimed, run, stored and recovered like any other
-    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), default=None,
-                                                 index=True)
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), default=None)
     status: Mapped[JobStatus] = mapped_column(default=JobStatus.queued)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
@@ -138,12 +155,14 @@ class Outbox(Base):
     """A message to publish, written in the same transaction as its job; sent after commit."""
 
     __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_unsent", "id", postgresql_where=text("sent_at IS NULL"),
+                            sqlite_where=text("sent_at IS NULL")),)
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     queue: Mapped[str] = mapped_column(String(64))
     priority: Mapped[int] = mapped_column(Integer, default=5)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    sent_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    sent_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class ModelEntry(Base):
