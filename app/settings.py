@@ -76,7 +76,7 @@ class Settings(BaseSettings):
         description="seconds before each retry (jitter added); the delivery fails when the list is used up")
     webhook_timeout_s: float = 10.0
     webhook_sweep_interval_s: float = 1.0
-    webhook_concurrency: int = Field(8, ge=1, description="deliveries a worker sends at once")
+    webhook_concurrency: int = Field(8, ge=1, description="deliveries the scheduler sends at once")
 
     @model_validator(mode="after")
     def _defaults(self) -> Settings:
