@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 
 from app.db import rowcount
 from app.errors import Conflict, NotFound
-from app.jobs.states import TERMINAL, TRANSITIONS, JobStatus, sources
+from app.jobs.states import TRANSITIONS, JobStatus, sources
 from app.models import Batch, BatchItem, Job, JobEvent, Outbox, UTCDateTime, WebhookDelivery, utcnow
 from app.schemas import DEFAULT_WEBHOOK_EVENTS, WEBHOOK_FILTERS, iso, job_public
 
@@ -303,20 +303,18 @@ def _end(session: Executor, name: str, job_id: str, attempt: int | None, values:
     """A transition into a terminal state; `first`: happenings that led to it, on the timeline before it."""
     target = TRANSITIONS[name].target
     event = (target.value, message, data)
-    row = _cas(session, name, job_id, attempt, {"finished_at": utcnow(), **values}, Job.batch_id,
+    row = _cas(session, name, job_id, attempt, {"finished_at": utcnow(), **values},
                event=None if first else event)
     if row is None:
         return False
     if first:
         _events(session, [*first, {"job_id": job_id, "type": event[0], "message": event[1], "data": event[2]}])
-    batch_id, url, events = row
+    url, events = row
     if also is not None:
         assert isinstance(session, Session), "writes that come along need a transaction"
         also(session)
     _webhook(session, job_id, f"job.{target.value}", url, events)
     note(session, ENDED, job_id)
-    if batch_id is not None:
-        note(session, "batch_chunk_ended", batch_id)
     return True
 
 
@@ -471,11 +469,6 @@ def cancel_batch(session: Session, *, owner_id: int, batch_id: str) -> Batch:
                         execution_options=_NO_SYNC)
     session.refresh(b)
     return b
-
-
-def batch_open_chunks(session: Session, batch_id: str) -> int:
-    return session.scalar(select(func.count()).select_from(Job).where(
-        Job.batch_id == batch_id, Job.status.not_in(TERMINAL))) or 0
 
 
 def finish_batch(session: Session, *, batch_id: str, claim_at: datetime, values: dict[str, Any],
