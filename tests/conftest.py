@@ -413,3 +413,31 @@ def own_pg() -> Iterator[PgServer]:
         unavailable("PostgreSQL binaries (initdb/pg_ctl)", exc)
     yield server
     server.destroy()
+
+
+# ---- a live HTTP server (for clients that speak HTTP, like the official openai package) ----------------
+
+
+@pytest.fixture
+def live_api(app: Any) -> Iterator[str]:
+    """The app served over real HTTP by werkzeug's threaded server, in this process; yields its base URL."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="live-api", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def oai(live_api: str, key: str) -> Any:
+    """The official openai client pointed at /v1 with an LLM OS key (no retries: tests see every answer)."""
+    import openai
+
+    return openai.OpenAI(base_url=f"{live_api}/v1", api_key=key, max_retries=0, timeout=120)

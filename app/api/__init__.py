@@ -45,14 +45,24 @@ def _is_connection_error(exc: DBAPIError) -> bool:
     return isinstance(exc, (OperationalError, InterfaceError))
 
 
+def any_error(exc: BaseException) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """error_response in the dialect of the surface asked: OpenAI's under /v1, the native one elsewhere."""
+    from app.api.v1 import is_v1, openai_error
+
+    body, status, headers = error_response(exc)
+    if is_v1(request.path):
+        body, status = openai_error(body, status)
+    return body, status, headers
+
+
 class JsonApi(Api):
     def handle_error(self, e: Exception):  # noqa: ANN201
-        body, status, headers = error_response(e)
+        body, status, headers = any_error(e)
         return self.make_response(body, status, headers=headers)
 
 
 def init_api(app: Flask) -> None:
-    from app.api import batches, files, health, jobs, kinds, models, webhooks, workers
+    from app.api import batches, files, health, jobs, kinds, models, v1, webhooks, workers
 
     api = JsonApi(app, catch_all_404s=True)
     api.add_resource(health.Health, "/healthz")
@@ -76,6 +86,7 @@ def init_api(app: Flask) -> None:
     api.add_resource(models.ModelItem, "/models/<path:name>")
     api.add_resource(workers.WorkerList, "/workers")
     api.add_resource(kinds.KindList, "/kinds")
+    v1.register(api)
 
     @app.before_request
     def _no_nul() -> None:
@@ -86,7 +97,7 @@ def init_api(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _any(e: Exception):  # noqa: ANN202
-        body, status, headers = error_response(e)
+        body, status, headers = any_error(e)
         resp = jsonify(body)
         resp.status_code = status
         resp.headers.update(headers)

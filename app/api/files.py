@@ -3,39 +3,45 @@
 from __future__ import annotations
 
 from flask import request, send_file
+from sqlalchemy.orm import Session
 
 from app.api.base import AuthResource
 from app.batch_schemas import file_public
 from app.errors import InvalidInput, TooLarge
+from app.models import File
 from app.platform import platform
 from app.services import files
 
 MULTIPART_SLACK = 64 * 1024  # form boundaries and the purpose field around the file's bytes
 
 
+def upload_from_request(session: Session, owner_id: int) -> File:
+    """The multipart upload of this request ('file' and 'purpose' fields), streamed to disk, its row added."""
+    p = platform()
+    limit = p.settings.max_file_bytes
+    if request.content_length is not None and request.content_length > limit + MULTIPART_SLACK:
+        raise TooLarge(f"the file is larger than the limit of {limit} bytes (LLMOS_MAX_FILE_BYTES)",
+                       field="file", code="file_too_large")
+    # the app-wide limit is for JSON bodies; an upload has its own. Werkzeug spools a large file part to a
+    # temporary file while parsing, and files.upload copies it on in 1 MiB pieces.
+    request.max_content_length = limit + MULTIPART_SLACK
+    if not (request.mimetype or "").startswith("multipart/form-data"):
+        raise InvalidInput("send the file as multipart/form-data with fields 'file' and 'purpose'",
+                           field="file")
+    upload = request.files.get("file")
+    if upload is None:
+        raise InvalidInput("file: field required", field="file")
+    purpose = request.form.get("purpose")
+    if not purpose:
+        raise InvalidInput("purpose: field required", field="purpose")
+    return files.upload(session=session, settings=p.settings, owner_id=owner_id, stream=upload.stream,
+                        filename=upload.filename or "upload", purpose=purpose)
+
+
 class FileList(AuthResource):
     def post(self) -> tuple[dict, int]:
-        p = platform()
-        limit = p.settings.max_file_bytes
-        if request.content_length is not None and request.content_length > limit + MULTIPART_SLACK:
-            raise TooLarge(f"the file is larger than the limit of {limit} bytes (LLMOS_MAX_FILE_BYTES)",
-                           field="file", code="file_too_large")
-        # the app-wide limit is for JSON bodies; an upload has its own. Werkzeug spools a large file part to a
-        # temporary file while parsing, and files.upload copies it on in 1 MiB pieces.
-        request.max_content_length = limit + MULTIPART_SLACK
-        if not (request.mimetype or "").startswith("multipart/form-data"):
-            raise InvalidInput("send the file as multipart/form-data with fields 'file' and 'purpose'",
-                               field="file")
-        upload = request.files.get("file")
-        if upload is None:
-            raise InvalidInput("file: field required", field="file")
-        purpose = request.form.get("purpose")
-        if not purpose:
-            raise InvalidInput("purpose: field required", field="purpose")
-        with p.db.session() as session:
-            row = files.upload(session=session, settings=p.settings, owner_id=self.owner_id, stream=upload.stream,
-                               filename=upload.filename or "upload", purpose=purpose)
-            return file_public(row, self.base_url()), 201
+        with platform().db.session() as session:
+            return file_public(upload_from_request(session, self.owner_id), self.base_url()), 201
 
     def get(self) -> dict:
         limit, cursor = self.page_args()

@@ -23,7 +23,7 @@ from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-UPLOAD_PURPOSES = ("batch", "fine-tune")
+UPLOAD_PURPOSES = ("batch", "fine-tune", "assistants", "user_data", "evals")
 COPY_CHUNK = 1024 * 1024
 
 

@@ -1,0 +1,3 @@
+"""/v1/batches (being built)."""
+
+ROUTES: list = []

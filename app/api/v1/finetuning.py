@@ -1,0 +1,3 @@
+"""/v1/finetuning (being built)."""
+
+ROUTES: list = []
