@@ -10,7 +10,7 @@ from flask import Flask
 from app.db import Database
 from app.jobs.dispatch import Dispatcher
 from app.jobs.lifecycle import ENDED
-from app.jobs.signals import Waiters, bus_for
+from app.jobs.signals import Streams, Waiters, bus_for
 from app.platform import Platform, platform
 from app.queue import Publisher, celery_init_app
 from app.services.lookups import Lookups
@@ -27,7 +27,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     publisher = Publisher(celery, settings.broker_url)
     app.extensions["llmos"] = Platform(settings=settings, db=db, publisher=publisher, bus=bus,
                                        dispatcher=Dispatcher(db, publisher), waiters=Waiters(bus, ENDED),
-                                       lookups=Lookups(bus))
+                                       lookups=Lookups(bus), streams=Streams(bus, ENDED))
     from app.api import init_api
 
     init_api(app)

@@ -8,7 +8,7 @@ from flask import current_app
 
 from app.db import Database
 from app.jobs.dispatch import Dispatcher
-from app.jobs.signals import Bus, Waiters
+from app.jobs.signals import Bus, Streams, Waiters
 from app.queue import Publisher
 from app.services.lookups import Lookups
 from app.settings import Settings
@@ -17,7 +17,8 @@ from app.settings import Settings
 @dataclass
 class Platform:
     """What every request and task needs: settings, the database, the publisher, the dispatcher (outbox fast
-    path), the signals bus and the long-poll waiters of this process."""
+    path), the signals bus, the long-poll waiters and
+    the token streams of this process."""
 
     settings: Settings
     db: Database
@@ -26,6 +27,7 @@ class Platform:
     dispatcher: Dispatcher
     waiters: Waiters
     lookups: Lookups
+    streams: Streams  # text of streaming jobs on its way from the workers to this process's clients
 
 
 def platform() -> Platform:

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import queue
 import secrets
 import socket
 import tempfile
@@ -238,3 +239,52 @@ class Waiters:
             evs = list(self._waiting.get(key, ()))
         for ev in evs:
             ev.set()
+
+
+TOKENS = "tokens"  # a streaming job's text as it is generated: "<job id>\n<offset>\n<text>"
+PIECE = 1000  # characters per message (a datagram on the embedded default holds 4 KiB)
+
+
+def token_notes(job_id: str, offset: int, text: str) -> list[tuple[str, str]]:
+    """The messages that carry `text`, which starts at character `offset` of the job's output."""
+    return [(TOKENS, f"{job_id}\n{offset + i}\n{text[i:i + PIECE]}") for i in range(0, len(text), PIECE)]
+
+
+class Streams:
+    """The streaming jobs this process is answering: each gets (offset, text) pieces as its worker publishes
+    them, and None when the job has ended. Pieces can be lost (pub/sub): the reader fills any gap from the
+    job's final output, so a lost piece costs only smoothness."""
+
+    def __init__(self, bus: Bus, ended_channel: str) -> None:
+        self.bus = bus
+        self.ended_channel = ended_channel
+        self._lock = threading.Lock()
+        self._queues: dict[str, queue.SimpleQueue[tuple[int, str] | None]] = {}
+        self._subscribed = False
+
+    @contextlib.contextmanager
+    def watch(self, job_id: str) -> Iterator[queue.SimpleQueue[tuple[int, str] | None]]:
+        """Register before the job is published, so that its first piece is never missed."""
+        with self._lock:
+            if not self._subscribed:
+                self.bus.subscribe(TOKENS, self._piece)
+                self.bus.subscribe(self.ended_channel, self._ended)
+                self._subscribed = True
+            q: queue.SimpleQueue[tuple[int, str] | None] = queue.SimpleQueue()
+            self._queues[job_id] = q
+        try:
+            yield q
+        finally:
+            with self._lock:
+                self._queues.pop(job_id, None)
+
+    def _piece(self, value: str) -> None:
+        job_id, offset, text = value.split("\n", 2)
+        q = self._queues.get(job_id)
+        if q is not None:
+            q.put((int(offset), text))
+
+    def _ended(self, job_id: str) -> None:
+        q = self._queues.get(job_id)
+        if q is not None:
+            q.put(None)

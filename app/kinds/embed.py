@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.errors import TooLarge
 from app.jobs.kinds import JobKind
@@ -14,7 +16,17 @@ class _Strict(BaseModel):
 
 
 class EmbedInput(_Strict):
-    text: str = Field(min_length=1)
+    text: str | None = Field(None, min_length=1)
+    texts: list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1, max_length=2048)
+
+    @model_validator(mode="after")
+    def _one(self) -> EmbedInput:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of input.text or input.texts")
+        return self
+
+    def all(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or [])
 
 
 class EmbedParams(_Strict):
@@ -22,19 +34,23 @@ class EmbedParams(_Strict):
 
 
 class EmbedOutput(_Strict):
-    embedding: list[float]
+    embedding: list[float] | None = Field(None, description="for input.text")
+    embeddings: list[list[float]] | None = Field(None, description="for input.texts, in their order")
 
 
 def limits(inp: BaseModel, params: BaseModel, settings: Settings) -> None:
     assert isinstance(inp, EmbedInput)
-    if len(inp.text) > settings.max_prompt_chars:
-        raise TooLarge(f"the text is {len(inp.text)} characters; the limit is {settings.max_prompt_chars}",
-                       field="input.text", code="prompt_too_large")
+    for i, text in enumerate(inp.all()):
+        if len(text) > settings.max_prompt_chars:
+            raise TooLarge(f"the text is {len(text)} characters; the limit is {settings.max_prompt_chars}",
+                           field="input.text" if inp.text is not None else f"input.texts.{i}",
+                           code="prompt_too_large")
 
 
 KIND = JobKind(
     name="embed",
-    description="An embedding of one text (mean-pooled; normalised unless params.normalize is false).",
+    description="Embeddings of one text (input.text) or many (input.texts); mean-pooled, normalised unless "
+                "params.normalize is false.",
     input=EmbedInput,
     params=EmbedParams,
     output=EmbedOutput,

@@ -44,6 +44,8 @@ class GenerateParams(_Strict):
     top_k: int = Field(0, ge=0, le=100_000)
     stop: list[str] = Field(default_factory=list, max_length=8)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    n: int = Field(1, ge=1, le=16, description="choices to generate (the engine runs them together)")
+    stream: bool = Field(False, description="hand text to the API as it is generated (OpenAI's stream)")
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -55,9 +57,15 @@ class GenerateParams(_Strict):
         return v
 
 
+class Choice(_Strict):
+    text: str
+    finish_reason: Literal["stop", "length"]
+
+
 class GenerateOutput(_Strict):
     text: str
     finish_reason: Literal["stop", "length"]
+    choices: list[Choice] | None = Field(None, description="every choice when params.n > 1 (the first is text)")
 
 
 def check_generate_params(params: BaseModel, settings: Settings) -> None:
@@ -70,6 +78,8 @@ def check_generate_params(params: BaseModel, settings: Settings) -> None:
         )
     if params.min_new_tokens > params.max_new_tokens:
         raise InvalidInput("params.min_new_tokens: at most max_new_tokens", field="params.min_new_tokens")
+    if params.stream and params.n > 1:
+        raise InvalidInput("params.stream: streams one choice; leave n at 1", field="params.n")
 
 
 def limits(inp: BaseModel, params: BaseModel, settings: Settings) -> None:

@@ -17,6 +17,7 @@ import queue
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,7 @@ class GenRequest:
     future: Future = field(default_factory=Future)
     produced: int = 0  # tokens generated so far (read by the task thread for progress)
     adapter: str | None = None  # a LoRA adapter loaded on this engine's model (a fine-tuned model); None: base
+    on_token: Callable[[list[int]], None] | None = None  # called from the engine thread with the tokens so far
 
 
 @dataclass(frozen=True)
@@ -219,6 +221,11 @@ class GenerationEngine:
             return "stop"
         toks.append(token)
         r.produced = len(toks)
+        if r.on_token is not None:
+            try:
+                r.on_token(toks)
+            except Exception:  # noqa: BLE001 - a listener must never break the batch
+                log.exception("token listener failed")
         if r.stop and self._stop_hit(r, toks):
             return "stop"
         if len(toks) >= r.max_new_tokens:

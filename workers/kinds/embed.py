@@ -1,4 +1,4 @@
-"""embed: one text through the embedding engine."""
+"""embed: one text (or many, in padded batches) through the embedding engine."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ def run(ctx: JobContext, rt: WorkerRuntime) -> Outcome:
     engine = rt.cache.get(ctx.model).engine
     if not isinstance(engine, EmbeddingEngine):
         raise JobFailure("invalid_input", f"model {ctx.model.name!r} is not an embedding model")
-    vectors, tokens = engine.embed([ctx.input["text"]], normalize=ctx.params.get("normalize", True))
-    usage = {"prompt_tokens": tokens[0], "total_tokens": tokens[0],
+    many = "texts" in ctx.input
+    vectors, tokens = engine.embed(ctx.input["texts"] if many else [ctx.input["text"]],
+                                   normalize=ctx.params.get("normalize", True))
+    usage = {"prompt_tokens": sum(tokens), "total_tokens": sum(tokens),
              "seconds": round(time.monotonic() - ctx.started, 4)}
-    return Outcome({"embedding": vectors[0]}, usage)
+    return Outcome({"embeddings": vectors} if many else {"embedding": vectors[0]}, usage)
