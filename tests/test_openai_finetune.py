@@ -98,6 +98,11 @@ def test_fine_tune_through_the_openai_client(oai, client, key, pg, redis_url, st
     answered = wait_status(client, key, r.get_json()["id"], ("succeeded", "failed"), timeout=120)
     assert answered["status"] == "succeeded" and answered["output"]["text"], answered
 
+    # ... on /v1/chat/completions too, with the same greedy text as the native job
+    chat = oai.chat.completions.create(model=name, messages=[{"role": "user", "content": "Capital?"}], max_tokens=4,
+                                       temperature=0)
+    assert chat.model == name and chat.choices[0].message.content == answered["output"]["text"]
+
     # cancelling a running job: shown as cancelled at once, ends cancelled natively
     long = oai.fine_tuning.jobs.create(model=BASE, training_file=train,
                                        hyperparameters={"n_epochs": 500, "batch_size": 1})
