@@ -48,9 +48,10 @@ class WebhookSecretRotate(AuthResource):
 
 class JobWebhookDeliveries(AuthResource):
     def get(self, job_id: str) -> dict:
+        limit, cursor = self.page_args()
         with platform().db.session() as session:
-            rows = webhooks.list_deliveries(session, self.owner_id, job_id)
-            return {"data": [delivery_public(d, attempts) for d, attempts in rows], "next_cursor": None}
+            rows, next_cursor = webhooks.list_deliveries(session, self.owner_id, job_id, limit=limit, cursor=cursor)
+            return {"data": [delivery_public(d, attempts) for d, attempts in rows], "next_cursor": next_cursor}
 
 
 class WebhookRedeliver(AuthResource):

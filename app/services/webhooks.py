@@ -33,6 +33,7 @@ from app.errors import NotFound
 from app.models import Batch, Job, JobEvent, WebhookAttempt, WebhookDelivery, WebhookSettings, utcnow
 from app.schemas import DEFAULT_WEBHOOK_EVENTS, iso
 from app.services.lookups import forget
+from app.services.pagination import page_key, paginate_key
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -112,18 +113,21 @@ def signing_secrets(row: WebhookSettings, now: datetime) -> list[str]:
 # ---- reading and redelivery ----------------------------------------------------------------------------
 
 
-def list_deliveries(session: Session, owner_id: int, job_id: str) -> list[tuple[WebhookDelivery, list[WebhookAttempt]]]:
+def list_deliveries(session: Session, owner_id: int, job_id: str, *, limit: int, cursor: str | None,
+                    ) -> tuple[list[tuple[WebhookDelivery, list[WebhookAttempt]]], str | None]:
+    """A job's deliveries in the order they go out (seq), each with its attempts; one page of them."""
     job = session.get(Job, job_id)
     if job is None or job.owner_id != owner_id:
         raise NotFound(f"no job {job_id!r}", code="job_not_found")
-    rows = list(session.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)
-                                .order_by(WebhookDelivery.seq)))
+    stmt = paginate_key(select(WebhookDelivery).where(WebhookDelivery.job_id == job_id), key=WebhookDelivery.seq,
+                        cursor=cursor, limit=limit)
+    rows, next_cursor = page_key(list(session.scalars(stmt)), limit, "seq")
     attempts: dict[str, list[WebhookAttempt]] = {r.id: [] for r in rows}
     if rows:
         for a in session.scalars(select(WebhookAttempt).where(WebhookAttempt.delivery_id.in_(list(attempts)))
                                  .order_by(WebhookAttempt.id)):
             attempts[a.delivery_id].append(a)
-    return [(r, attempts[r.id]) for r in rows]
+    return [(r, attempts[r.id]) for r in rows], next_cursor
 
 
 def redeliver(session: Session, owner_id: int, delivery_id: str) -> tuple[WebhookDelivery, list[WebhookAttempt]]:
