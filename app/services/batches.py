@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -33,6 +32,7 @@ from app.models import Batch, BatchItem, File, Job, utcnow
 from app.services import files, webhooks
 from app.services.jobs import route_for
 from app.services.lookups import Lookups
+from app.services.openai.completions import batch_line
 from app.services.pagination import page, paginate
 from app.settings import Settings
 
@@ -49,6 +49,20 @@ Row = tuple[int, str, str, int]
 # ---- submission ----------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ItemRow:
+    """One document as stored: a document that failed before it could run (a bad line of an OpenAI batch
+    file) is stored failed, in no chunk."""
+
+    custom_id: str
+    text: str
+    extra: dict[str, Any] | None
+    chunk: int
+    status: str = "queued"
+    error_code: str | None = None
+    error_message: str | None = None
+
+
 def submit_batch(*, db: Database, lookups: Lookups, settings: Settings, owner_id: int, spec: ValidatedBatch,
                  documents: list[Document]) -> tuple[Batch, list[Row]]:
     """The batch, its items and its chunk jobs in one transaction. Returns the batch and the outbox rows to
@@ -62,42 +76,58 @@ def submit_batch(*, db: Database, lookups: Lookups, settings: Settings, owner_id
     if entry.kind != wanted_kind:
         raise InvalidInput(f"model {env.model!r} is a {entry.kind} model; {spec.task['type']} needs a "
                            f"{wanted_kind} model", field="model")
+    size = env.chunk_size or settings.batch_chunk_size
+    items = [ItemRow(d.custom_id, d.text, d.extra, i // size) for i, d in enumerate(documents)]
+    return open_batch(db=db, lookups=lookups, settings=settings, owner_id=owner_id, task=spec.task,
+                      model=env.model, params=spec.params, gpu=env.gpu, default_gpu=entry.default_gpu,
+                      priority=env.priority, metadata=env.metadata, input_file_id=env.input_file_id,
+                      chunk_size=size, webhook=env.webhook, items=items)
+
+
+def open_batch(*, db: Database, lookups: Lookups, settings: Settings, owner_id: int, task: dict[str, Any],
+               model: str, params: dict[str, Any], gpu: str | list[str] | None, default_gpu: str | None,
+               priority: int, metadata: dict[str, str], input_file_id: str | None, chunk_size: int,
+               webhook: str | None, items: list[ItemRow]) -> tuple[Batch, list[Row]]:
+    """Write a checked batch: its row, its items and one chunk job per chunk, in one transaction."""
     chunk_kind = kinds.get(CHUNK_KIND)
     assert chunk_kind is not None
-    gpu, queue, _warning = route_for(db=db, lookups=lookups, settings=settings, family=chunk_kind.queue,
-                                     gpu=env.gpu, model_default=entry.default_gpu)
-    size = env.chunk_size or settings.batch_chunk_size
-    batch = Batch(id=lifecycle.new_id("batch"), owner_id=owner_id, status=JobStatus.queued, task=spec.task,
-                  model=env.model, params=spec.params, gpu=gpu, queue=queue, priority=env.priority,
-                  metadata_=env.metadata, input_file_id=env.input_file_id, chunk_size=size, total=len(documents),
-                  webhook=env.webhook)
+    gpu_types, queue, _warning = route_for(db=db, lookups=lookups, settings=settings, family=chunk_kind.queue,
+                                           gpu=gpu, model_default=default_gpu)
+    n_chunks = max((it.chunk for it in items if it.status == "queued"), default=-1) + 1
+    batch = Batch(id=lifecycle.new_id("batch"), owner_id=owner_id, status=JobStatus.queued, task=task,
+                  model=model, params=params, gpu=gpu_types, queue=queue, priority=priority, metadata_=metadata,
+                  input_file_id=input_file_id, chunk_size=chunk_size, total=len(items),
+                  failed=sum(1 for it in items if it.status == "failed"), webhook=webhook)
     with db.session() as session:
         session.add(batch)
         session.flush()
-        _insert_items(session, batch.id, size, documents)
+        _insert_items(session, batch.id, items)
         rows = lifecycle.submit_many(session, [
-            {"id": lifecycle.new_id("job"), "owner_id": owner_id, "kind": CHUNK_KIND, "model": env.model,
-             "input": {"seq": seq}, "params": spec.params, "gpu": gpu, "queue": queue, "priority": env.priority,
+            {"id": lifecycle.new_id("job"), "owner_id": owner_id, "kind": CHUNK_KIND, "model": model,
+             "input": {"seq": seq}, "params": params, "gpu": gpu_types, "queue": queue, "priority": priority,
              "timeout_s": int(settings.batch_chunk_timeout_s), "max_attempts": chunk_kind.max_attempts,
              "batch_id": batch.id}
-            for seq in range(math.ceil(len(documents) / size))])
+            for seq in range(n_chunks)])
     return batch, rows
 
 
-def _insert_items(session: Session, batch_id: str, size: int, documents: list[Document]) -> None:
+def _insert_items(session: Session, batch_id: str, items: list[ItemRow]) -> None:
     """All items in one go: COPY on PostgreSQL (100,000 rows in about a second), executemany elsewhere."""
     conn = session.connection()
     if conn.dialect.name == "postgresql":
         raw = conn.connection.driver_connection
         assert raw is not None
         with raw.cursor() as cur, cur.copy(
-                "COPY batch_items (batch_id, idx, chunk, custom_id, text, extra, status) FROM STDIN") as copy:
-            for i, d in enumerate(documents):
-                extra = json.dumps(d.extra) if d.extra is not None else None
-                copy.write_row((batch_id, i, i // size, d.custom_id, d.text, extra, "queued"))
+                "COPY batch_items (batch_id, idx, chunk, custom_id, text, extra, status, error_code, error_message)"
+                " FROM STDIN") as copy:
+            for i, it in enumerate(items):
+                extra = json.dumps(it.extra) if it.extra is not None else None
+                copy.write_row((batch_id, i, it.chunk, it.custom_id, it.text, extra, it.status, it.error_code,
+                                it.error_message))
         return
-    rows = [{"batch_id": batch_id, "idx": i, "chunk": i // size, "custom_id": d.custom_id, "text": d.text,
-             "extra": d.extra, "status": "queued"} for i, d in enumerate(documents)]
+    rows = [{"batch_id": batch_id, "idx": i, "chunk": it.chunk, "custom_id": it.custom_id, "text": it.text,
+             "extra": it.extra, "status": it.status, "error_code": it.error_code, "error_message": it.error_message}
+            for i, it in enumerate(items)]
     for start in range(0, len(rows), 10_000):
         session.execute(insert(BatchItem), rows[start:start + 10_000])
 
@@ -230,6 +260,8 @@ def finalize(*, db: Database, settings: Settings, batch_id: str) -> bool:
         b = session.get(Batch, batch_id)
         assert b is not None
         owner_id = b.owner_id
+        openai_task = b.task.get("type") == "openai"
+        expired = b.error_code == "expired"
         _close_unfinished(session, batch_id)
     out_id, err_id = files.new_file_id(), files.new_file_id()
     out = files.FileWriter(settings, out_id)
@@ -237,16 +269,21 @@ def finalize(*, db: Database, settings: Settings, batch_id: str) -> bool:
     n_err = 0
     try:
         with db.session() as session:
+            written = ("succeeded", "failed", "cancelled") if openai_task else ("succeeded", "failed")
             stmt = (select(BatchItem.custom_id, BatchItem.status, BatchItem.output, BatchItem.error_code,
-                           BatchItem.error_message)
-                    .where(BatchItem.batch_id == batch_id, BatchItem.status.in_(("succeeded", "failed")))
+                           BatchItem.error_message, BatchItem.extra)
+                    .where(BatchItem.batch_id == batch_id, BatchItem.status.in_(written))
                     .order_by(BatchItem.idx).execution_options(yield_per=2000))
-            for cid, status, output, code, message in session.execute(stmt):
-                error = {"code": code, "message": message} if status == "failed" else None
-                line = json.dumps({"custom_id": cid, "output": output if status == "succeeded" else None,
-                                   "error": error}, ensure_ascii=False) + "\n"
-                out.write(line.encode())
-                if error:
+            for cid, status, output, code, message, extra in session.execute(stmt):
+                if openai_task:  # OpenAI's output line format
+                    obj = batch_line(cid, status, output, code, message, extra, expired=expired)
+                else:
+                    error = {"code": code, "message": message} if status == "failed" else None
+                    obj = {"custom_id": cid, "output": output if status == "succeeded" else None, "error": error}
+                line = json.dumps(obj, ensure_ascii=False) + "\n"
+                if status == "succeeded" or not openai_task:
+                    out.write(line.encode())
+                if status != "succeeded":
                     err.write(line.encode())
                     n_err += 1
         out_path = out.commit()
@@ -263,7 +300,9 @@ def finalize(*, db: Database, settings: Settings, batch_id: str) -> bool:
     with db.session() as session:
         b = session.get(Batch, batch_id)
         assert b is not None
-        if b.status == JobStatus.cancelling:
+        if b.status == JobStatus.cancelling and b.error_code == "expired":
+            final, code, msg = JobStatus.cancelled, "expired", b.error_message
+        elif b.status == JobStatus.cancelling:
             final, code, msg = JobStatus.cancelled, "cancelled", "cancelled by the user"
         elif b.total and b.failed == b.total:
             final, code, msg = JobStatus.failed, "all_documents_failed", "every document failed; see the error file"

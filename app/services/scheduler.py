@@ -24,6 +24,7 @@ from sqlalchemy import text
 from app.db import Database
 from app.jobs import dispatch, maintenance
 from app.services import batches, webhooks
+from app.services.openai import batches as openai_batches
 from app.settings import Settings
 
 log = logging.getLogger("llmos.scheduler")
@@ -117,6 +118,7 @@ class Scheduler:
         for batch_id in report.batches:
             batches.finalize(db=self.db, settings=s, batch_id=batch_id)
         batches.finalize_pending(db=self.db, settings=s)
+        openai_batches.expire_overdue(db=self.db, settings=s)
         return report
 
     def send_webhooks(self) -> int:

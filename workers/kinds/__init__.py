@@ -63,3 +63,20 @@ def wait_reporting(future: Future[Any], ctx: JobContext, total: int, produced: C
             if done != last:
                 ctx.progress(done, total)
                 last = done
+
+
+def prompt_ids(loaded: Any, inp: dict[str, Any]) -> list[int]:
+    """The token ids of a generate input: chat messages through the model's chat template, or a prompt."""
+    from workers.errors import JobFailure
+
+    tok = loaded.tokenizer
+    if "messages" in inp:
+        if not tok.chat_template:
+            raise JobFailure("invalid_input", f"model {loaded.name!r} has no chat template; send input.prompt")
+        text = tok.apply_chat_template(inp["messages"], add_generation_prompt=True, tokenize=False)
+        ids: list[int] = tok(text, add_special_tokens=False)["input_ids"]
+    else:
+        ids = tok(inp["prompt"])["input_ids"]
+    if not ids:
+        raise JobFailure("invalid_input", "the prompt is empty after tokenisation")
+    return ids

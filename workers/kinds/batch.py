@@ -16,8 +16,11 @@ from typing import Any
 import torch
 from sqlalchemy.orm import Session
 
+from app.jobs import lifecycle
 from app.services import batches
 from app.services.batches import ChunkWork, ItemResult
+from app.services.openai import completions
+from workers import kinds
 from workers.engines.embedding import EmbeddingEngine
 from workers.engines.generation import GenerationEngine, GenRequest
 from workers.errors import JobFailure
@@ -247,6 +250,66 @@ def run_embed(work: ChunkWork, loaded: LoadedModel, rt: WorkerRuntime, cancel: A
     return [out[item[0]] for item in work.items]
 
 
+# ---- OpenAI batch lines: each request with its own parameters, the chunk's requests in the engine at once --
+
+
+def run_openai(work: ChunkWork, loaded: LoadedModel, rt: WorkerRuntime, cancel: Any) -> list[ItemResult]:
+    endpoint = work.task["endpoint"]
+    items = [(idx, extra or {}) for idx, _cid, _text, extra in work.items]
+    if endpoint == "/v1/embeddings":
+        return _openai_embed(work, loaded, items)
+    engine = _gen_engine(loaded)
+    deadline = time.monotonic() + rt.platform.settings.default_timeout_s
+    futures: dict[int, list[Future]] = {}
+    failed: dict[int, JobFailure] = {}
+    for idx, extra in items:
+        p = extra["params"]
+        try:
+            ids = kinds.prompt_ids(loaded, extra["input"])
+            if loaded.max_positions and len(ids) + p["max_new_tokens"] > loaded.max_positions:
+                raise JobFailure("invalid_input", f"the prompt ({len(ids)} tokens) + max_tokens "
+                                 f"({p['max_new_tokens']}) exceeds the model's context of {loaded.max_positions}")
+        except JobFailure as exc:
+            failed[idx] = exc
+            continue
+        seed = p.get("seed")
+        futures[idx] = [engine.submit(GenRequest(
+            prompt_ids=ids, max_new_tokens=p["max_new_tokens"], min_new_tokens=p.get("min_new_tokens", 0),
+            temperature=p["temperature"], top_p=p["top_p"], top_k=p["top_k"], stop=p["stop"],
+            seed=None if seed is None else seed + i, deadline=deadline, cancel=cancel, adapter=loaded.adapter))
+            for i in range(int(p.get("n", 1)))]
+
+    def body(results: list[Any]) -> dict[str, Any]:
+        first = results[0]
+        output: dict[str, Any] = {"text": first.text, "finish_reason": first.finish_reason}
+        if len(results) > 1:
+            output["choices"] = [{"text": r.text, "finish_reason": r.finish_reason} for r in results]
+        completion = sum(r.completion_tokens for r in results)
+        usage = {"prompt_tokens": first.prompt_tokens, "completion_tokens": completion}
+        return completions.result_body(endpoint, lifecycle.new_id("job"), int(time.time()), work.model, output,
+                                       usage)
+
+    by_idx = _gather(futures, failed, body)
+    return [by_idx[idx] for idx, _ in items]
+
+
+def _openai_embed(work: ChunkWork, loaded: LoadedModel, items: list[tuple[int, dict[str, Any]]]) -> list[ItemResult]:
+    if not isinstance(loaded.engine, EmbeddingEngine):
+        raise JobFailure("invalid_input", f"model {loaded.name!r} is not an embedding model")
+    texts = [t for _idx, extra in items for t in extra["input"]["texts"]]
+    vectors, tokens = loaded.engine.embed(texts, normalize=True)
+    out: list[ItemResult] = []
+    at = 0
+    for idx, extra in items:
+        n = len(extra["input"]["texts"])
+        usage = {"prompt_tokens": sum(tokens[at:at + n])}
+        out.append(ItemResult(idx, output=completions.result_body(
+            "/v1/embeddings", "", int(time.time()), work.model, {"embeddings": vectors[at:at + n]}, usage)))
+        at += n
+    return out
+
+
 PROCESSORS: dict[str, Callable[[ChunkWork, LoadedModel, WorkerRuntime, Any], list[ItemResult]]] = {
     "generate": run_generate, "extract": run_extract, "classify": run_classify, "embed": run_embed,
+    "openai": run_openai,
 }

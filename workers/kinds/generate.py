@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from app.jobs.signals import token_notes
+from workers import kinds
 from workers.engines.generation import GenRequest
 from workers.errors import JobFailure
 from workers.kinds import JobContext, Outcome, wait_reporting
@@ -47,15 +48,7 @@ def run(ctx: JobContext, rt: WorkerRuntime) -> Outcome:
     assert ctx.model is not None
     loaded = rt.cache.get(ctx.model)
     tok = loaded.tokenizer
-    if "messages" in ctx.input:
-        if not tok.chat_template:
-            raise JobFailure("invalid_input", f"model {ctx.model.name!r} has no chat template; send input.prompt")
-        text = tok.apply_chat_template(ctx.input["messages"], add_generation_prompt=True, tokenize=False)
-        prompt_ids = tok(text, add_special_tokens=False)["input_ids"]
-    else:
-        prompt_ids = tok(ctx.input["prompt"])["input_ids"]
-    if not prompt_ids:
-        raise JobFailure("invalid_input", "the prompt is empty after tokenisation")
+    prompt_ids = kinds.prompt_ids(loaded, ctx.input)
     p = ctx.params
     if loaded.max_positions and len(prompt_ids) + p["max_new_tokens"] > loaded.max_positions:
         raise JobFailure("invalid_input", f"prompt ({len(prompt_ids)} tokens) + max_new_tokens "

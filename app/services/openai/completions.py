@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import queue
+import secrets
 import struct
 import time
 from collections.abc import Callable, Iterator
@@ -354,3 +355,28 @@ def stream(*, call: Call, job: Job, db: Database, streams: Streams, live: bool, 
             with db.session() as session:
                 jobs.cancel_job(session=session, owner_id=owner_id, job_id=job.id)
         raise
+
+
+# ---- batch output lines ------------------------------------------------------------------------------------
+
+SERVER_SIDE = ("internal", "timeout", "worker_lost", "unavailable")
+
+
+def batch_line(custom_id: str, status: str, output: Any, code: str | None, message: str | None,
+               extra: dict[str, Any] | None, *, expired: bool = False) -> dict[str, Any]:
+    """One line of an OpenAI batch's output or error file: the response a synchronous request would have had
+    (its status code and body), or, for a request the batch never ran, `error` with OpenAI's code for why."""
+    line: dict[str, Any] = {"id": "batch_req_" + secrets.token_hex(12), "custom_id": custom_id, "response": None,
+                            "error": None}
+    if status == "succeeded":
+        line["response"] = {"status_code": 200, "request_id": secrets.token_hex(16), "body": output}
+    elif status == "cancelled":
+        line["error"] = ({"code": "batch_expired", "message": "the batch expired before this request ran"}
+                         if expired else {"code": "batch_cancelled", "message": "the batch was cancelled before "
+                                                                                "this request ran"})
+    else:
+        http = 500 if code in SERVER_SIDE else 404 if code == "model_not_found" else 400
+        line["response"] = {"status_code": http, "request_id": secrets.token_hex(16), "body": {"error": {
+            "message": message or "", "type": "server_error" if http >= 500 else "invalid_request_error",
+            "param": (extra or {}).get("param"), "code": code}}}
+    return line
