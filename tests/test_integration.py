@@ -192,3 +192,18 @@ def test_key_from_cli_only_sees_its_own(app, client, pg):
     mine = make_key(app, "alice")
     job = client.post("/jobs", json=tiny_job(), headers=auth(mine)).get_json()
     assert client.get(f"/jobs/{job['id']}", headers=auth(other)).status_code == 404
+
+
+def test_openai_sdk_example_on_the_embedded_default(embedded):
+    """examples/openai_sdk.py as the README runs it: a streamed chat, a batch and a fine-tune through the
+    official client against `llmos dev` (the tiny model keeps it to seconds; the text is random)."""
+    base, key, _data = embedded
+    r = subprocess.run([sys.executable, "examples/openai_sdk.py", "--key", key, "--base-url", f"{base}/v1",
+                        "--model", "tiny-random-llama", "--timeout", "240"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "completed, 4/4 completed" in r.stdout, r.stdout
+    assert "succeeded, model tiny-random-llama:ft-words-" in r.stdout, r.stdout
+    assert "[metrics]" in r.stdout and "checkpoint step" in r.stdout, r.stdout
+    chunks = int(r.stdout.split(" chunks)")[0].rsplit("(", 1)[1])
+    assert chunks >= 2, r.stdout  # streamed through the embedded default's local channel, piece by piece

@@ -103,6 +103,25 @@ def test_fine_tune_through_the_openai_client(oai, client, key, pg, redis_url, st
                                        temperature=0)
     assert chat.model == name and chat.choices[0].message.content == answered["output"]["text"]
 
+    # ... and in a batch
+    line = {"custom_id": "ft", "method": "POST", "url": "/v1/chat/completions", "body": {
+        "model": name, "messages": [{"role": "user", "content": "Capital?"}], "max_tokens": 4, "temperature": 0}}
+    bfile = oai.files.create(file=("b.jsonl", io.BytesIO(json.dumps(line).encode() + b"\n")), purpose="batch")
+    batch = oai.batches.create(input_file_id=bfile.id, endpoint="/v1/chat/completions", completion_window="24h")
+    deadline = time.monotonic() + 120
+    while batch.status not in ("completed", "failed") and time.monotonic() < deadline:
+        time.sleep(0.3)
+        batch = oai.batches.retrieve(batch.id)
+    assert batch.status == "completed" and batch.request_counts.completed == 1, batch
+    [out] = [json.loads(x) for x in oai.files.content(batch.output_file_id).text.splitlines()]
+    assert out["response"]["body"]["choices"][0]["message"]["content"] == answered["output"]["text"]
+
+    # the owner may delete it; then it is gone
+    assert oai.models.delete(name).deleted
+    assert name not in {m.id for m in oai.models.list()}
+    with pytest.raises(openai.NotFoundError):
+        oai.models.retrieve(name)
+
     # cancelling a running job: shown as cancelled at once, ends cancelled natively
     long = oai.fine_tuning.jobs.create(model=BASE, training_file=train,
                                        hyperparameters={"n_epochs": 500, "batch_size": 1})
