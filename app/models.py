@@ -88,13 +88,22 @@ class Owner(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+SCOPES = ("jobs:read", "jobs:write", "files", "finetune", "webhooks", "admin")
+DEFAULT_SCOPES = tuple(s for s in SCOPES if s != "admin")  # a key made without --scopes
+
+
 class ApiKey(Base):
     __tablename__ = "api_keys"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), index=True)
     prefix: Mapped[str] = mapped_column(String(16))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str | None] = mapped_column(String(200), default=None)
+    scopes: Mapped[list[str]] = mapped_column(JSON, default=lambda: list(DEFAULT_SCOPES))
+    rate_limit: Mapped[str | None] = mapped_column(String(64), default=None)  # "120/minute"; None: the default
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
