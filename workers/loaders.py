@@ -6,6 +6,7 @@ the model directory); loading that directory is then the same for every source.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -21,6 +22,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
+from app import plugins
 from workers.errors import JobFailure
 
 log = logging.getLogger(__name__)
@@ -147,8 +149,30 @@ LOADERS: dict[str, Loader] = {
 }
 
 
+@functools.cache
+def plugin_loaders() -> dict[str, Loader]:
+    """Loaders from installed packages (entry points `llmos.loaders`, named by the source type they read), found
+    once per process; one that is broken, not a loader or takes a built-in name is logged and skipped."""
+    out: dict[str, Loader] = {}
+    for p in plugins.discover("llmos.loaders"):
+        if p.error:
+            continue
+        try:
+            obj = p.obj() if isinstance(p.obj, type) else p.obj
+        except Exception as exc:  # a broken plugin never stops the worker
+            plugins.skip(p, f"{exc.__class__.__name__}: {exc}")
+            continue
+        if p.name in LOADERS:
+            plugins.skip(p, f"source type {p.name!r} is built in")
+        elif not callable(getattr(obj, "materialise", None)):
+            plugins.skip(p, f"{p.value} has no materialise(*, name, source, config, model_dir) method")
+        else:
+            out[p.name] = obj
+    return out
+
+
 def materialise(*, name: str, source_type: str, source: str, config: dict[str, Any], model_dir: Path) -> Path:
-    loader = LOADERS.get(source_type)
+    loader = LOADERS.get(source_type) or plugin_loaders().get(source_type)
     if loader is None:
         raise JobFailure("model_not_found", f"model {name!r} has unknown source type {source_type!r}")
     with BUILD_LOCK:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from app import plugins
 from app.jobs import kinds, lifecycle
 from app.jobs.lifecycle import CANCEL, INVALIDATE
 from app.jobs.states import JobStatus
@@ -41,6 +42,7 @@ class WorkerRuntime:
     _specs: TTLCache[ModelSpec | None] = field(default_factory=lambda: TTLCache(10.0))
     _handlers: dict[str, Any] = field(default_factory=dict)
     training_slot: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(1))
+    hooks: list[plugins.Plugin] = field(default_factory=list)  # llmos.hooks entry points that loaded
 
     @classmethod
     def create(cls, platform: Platform, hardware: Hardware, queues: list[str]) -> WorkerRuntime:
@@ -52,8 +54,9 @@ class WorkerRuntime:
         cache = ModelCache(model_dir=s.model_dir, device=hardware.device, budget_bytes=budget,
                            max_batch=s.worker_max_batch)
         worker_id = f"llmos-{hardware.gpu_type}-{os.getpid()}@{socket.gethostname()}"
+        hooks = [p for p in plugins.discover("llmos.hooks") if p.error is None]
         return cls(platform=platform, hardware=hardware, worker_id=worker_id, queues=queues, cache=cache,
-                   training_slot=threading.Semaphore(s.finetune_concurrency))
+                   training_slot=threading.Semaphore(s.finetune_concurrency), hooks=hooks)
 
     # ---- running jobs ------------------------------------------------------------------------------------
 
@@ -68,6 +71,14 @@ class WorkerRuntime:
         with self._lock:
             self.running.pop(job_id, None)
             self._handing_back.discard(job_id)
+
+    def notify(self, event: dict[str, Any]) -> None:
+        """Tell the installed hooks that a job this worker ran has ended; a hook that raises is logged."""
+        for hook in self.hooks:
+            try:
+                hook.obj(event)
+            except Exception:
+                log.exception("job=%s hook %s (%s) failed", event.get("job_id"), hook.name, hook.value)
 
     def handing_back(self, job_id: str) -> bool:
         with self._lock:

@@ -48,7 +48,9 @@ def run_job(self: Any, job_id: str) -> None:
         outcome = _run(rt, claim, cancel)
     except JobFailure as exc:
         code, message, also, partial = exc.code, exc.message, exc.also, exc.output
+        status = "cancelled" if code == "cancelled" else "failed"
         if code == "cancelled" and rt.handing_back(job_id):
+            status = "queued"
             handed_back = _store(rt, lambda s: lifecycle.hand_back(
                 s, job_id=job_id, attempt=attempt, reason=f"worker {rt.worker_id} stopping", also=also))
             if handed_back:
@@ -57,8 +59,9 @@ def run_job(self: Any, job_id: str) -> None:
         else:
             _store(rt, lambda s: lifecycle.fail(s, job_id=job_id, attempt=attempt, code=code, message=message,
                                                 output=partial, also=also))
-            log.info("job=%s state=%s code=%s", job_id, "cancelled" if code == "cancelled" else "failed", code)
+            log.info("job=%s state=%s code=%s", job_id, status, code)
     except Exception as exc:
+        code, status = "internal", "failed"
         log.exception("job=%s handler crashed", job_id)
         crash = f"internal error ({exc.__class__.__name__})"
         _store(rt, lambda s: lifecycle.fail(s, job_id=job_id, attempt=attempt, code="internal", message=crash))
@@ -67,9 +70,12 @@ def run_job(self: Any, job_id: str) -> None:
         single = not claim.has_webhook and claim.batch_id is None and outcome.also is None
         stored = _store(rt, lambda s: lifecycle.succeed(s, job_id=job_id, attempt=attempt, output=outcome.output,
                                                         usage=outcome.usage, also=outcome.also), single=single)
+        code, status = None, "succeeded"
         log.info("job=%s state=succeeded stored=%s", job_id, stored)
     finally:
         rt.job_ended(job_id)
+    if rt.hooks:
+        rt.notify({"job_id": job_id, "kind": claim.kind, "status": status, "error_code": code})
     if claim.batch_id is not None and not handed_back:  # the last chunk to end finalises its batch
         batches.finalize(db=rt.platform.db, settings=rt.platform.settings, batch_id=claim.batch_id)
 

@@ -11,12 +11,15 @@ kinds the same way (entry points), without touching this file.
 from __future__ import annotations
 
 import importlib
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
+
+from app import plugins
 
 if TYPE_CHECKING:
     from app.settings import Settings
@@ -32,7 +35,7 @@ class JobKind:
     input: type[BaseModel]
     params: type[BaseModel]
     output: type[BaseModel] | None
-    model_kind: str | None  # "causal-lm" | "embedding" | None: the job names no model
+    model_kind: str | None  # "causal-lm" | "embedding" | "classifier" | ... | None: the job names no model
     handler: str  # "package.module:function" on the worker side
     queue_family: str = ""  # queues are <family>.<gpu type>; default: the kind's name
     default_timeout_s: int | None = None  # None: LLMOS_DEFAULT_TIMEOUT_S
@@ -44,6 +47,11 @@ class JobKind:
     # submit's transaction; raises ApiError for what needs the database (files, the base model)
     check: str | None = None
     max_attempts: int = 3
+    other_model_kinds: tuple[str, ...] = ()  # more kinds of model the job also runs on
+
+    @property
+    def model_kinds(self) -> tuple[str, ...]:
+        return (self.model_kind, *self.other_model_kinds) if self.model_kind else ()
 
     @property
     def queue(self) -> str:
@@ -65,7 +73,10 @@ BUILTIN = (
     "app.kinds.batch:KIND",
 )
 
+log = logging.getLogger(__name__)
+
 _KINDS: dict[str, JobKind] = {}
+_PLUGINS: list[plugins.Plugin] = []  # the llmos.kinds entry points found, broken ones with their error
 _LOAD_LOCK = threading.Lock()
 _LOADED = threading.Event()  # set once every built-in kind is registered: readers never see half a registry
 
@@ -91,8 +102,41 @@ def _loaded() -> dict[str, JobKind]:
             if not _LOADED.is_set():
                 for path in BUILTIN:
                     register(load(path))
+                _PLUGINS[:] = [_register_plugin(p) for p in plugins.discover("llmos.kinds")]
                 _LOADED.set()
     return _KINDS
+
+
+def _register_plugin(plugin: plugins.Plugin) -> plugins.Plugin:
+    """An installed package's kind, through `register` like the built-in ones; one that is not a JobKind, takes
+    a built-in kind's name or fails `register`'s checks is logged and skipped."""
+    if plugin.error is not None:
+        return plugin
+    kind = plugin.obj
+    if not isinstance(kind, JobKind):
+        return plugins.skip(plugin, f"{plugin.value} is a {type(kind).__name__}, not an app.jobs.kinds.JobKind")
+    if kind.name in _KINDS:
+        return plugins.skip(plugin, f"kind {kind.name!r} is already registered")
+    try:
+        register(kind)
+    except ValueError as exc:
+        return plugins.skip(plugin, str(exc))
+    log.info("plugin kind %s registered from %s", kind.name, plugin.package or plugin.value)
+    return plugin
+
+
+def plugin_kinds() -> list[plugins.Plugin]:
+    """The llmos.kinds entry points found at load, broken ones with their error."""
+    _loaded()
+    return list(_PLUGINS)
+
+
+def reload() -> None:
+    """Forget every kind and read the built-in ones and the installed plugins again (tests, after installing)."""
+    with _LOAD_LOCK:
+        _LOADED.clear()
+        _KINDS.clear()
+    _loaded()
 
 
 def get(name: str) -> JobKind | None:

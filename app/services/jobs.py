@@ -91,9 +91,9 @@ def create_job(
         if model is None:
             raise InvalidInput(f"model {env.model!r} is not in the registry; GET /models lists them",
                                field="model", code="model_not_found")
-        if model.kind != kind.model_kind:
+        if model.kind not in kind.model_kinds:
             raise InvalidInput(f"model {env.model!r} is a {model.kind} model; {env.kind} jobs need "
-                               f"a {kind.model_kind} model", field="model")
+                               f"a {' or '.join(kind.model_kinds)} model", field="model")
     gpu, queue, warning = route_for(db=db, lookups=lookups, settings=settings, family=kind.queue, gpu=env.gpu,
                                     model_default=model.default_gpu if model else None)
     webhook: str | None = env.webhook
