@@ -29,7 +29,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
                                        dispatcher=Dispatcher(db, publisher), waiters=Waiters(bus, ENDED),
                                        lookups=Lookups(bus), streams=Streams(bus, ENDED))
     from app.api import init_api
+    from app.api.ops import init_ops  # request ids, access log, /metrics, /readyz (first: every request gets an id)
 
+    init_ops(app)
     init_api(app)
     logging.getLogger("llmos").setLevel(logging.INFO)
     return app

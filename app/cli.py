@@ -147,8 +147,23 @@ def models_list() -> None:
 
 def _gunicorn_argv(host: str, port: int, workers: int, threads: int) -> list[str]:
     return [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--worker-class", "gthread",
-            "--threads", str(threads), "--bind", f"{host}:{port}", "--timeout", "90",
-            "--access-logfile", "-", "--no-control-socket", "app:create_app()"]
+            "--threads", str(threads), "--bind", f"{host}:{port}", "--timeout", "90", "--graceful-timeout", "5",
+            "-c", "python:app.gunicorn_conf", "--no-control-socket", "app:create_app()"]
+
+
+def _metrics_dir() -> None:
+    """prometheus-client multiprocess mode for gunicorn's processes: one folder of metric files, emptied at start
+    (PROMETHEUS_MULTIPROC_DIR if set, else a fresh temporary one)."""
+    import tempfile
+    from pathlib import Path
+
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        for old in Path(folder).glob("*.db"):
+            old.unlink()
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="llmos-metrics-")
 
 
 @main.command()
@@ -158,6 +173,7 @@ def _gunicorn_argv(host: str, port: int, workers: int, threads: int) -> list[str
 @click.option("--threads", default=16, type=int, help="threads per process (long-polls hold one each)")
 def api(host: str, port: int, workers: int, threads: int) -> None:
     """Serve the HTTP API with gunicorn."""
+    _metrics_dir()
     argv = _gunicorn_argv(host, port, workers, threads)
     os.execv(argv[0], argv)
 
@@ -189,10 +205,15 @@ def scheduler(once: bool) -> None:
     batch finalisation and webhook deliveries. Run one (or two: only one is active at a time)."""
     import logging
 
-    from app import create_app
+    from app import create_app, logging_setup, metrics
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    sched = _scheduler(create_app().extensions["llmos"])
+    logging_setup.configure()
+    platform = create_app().extensions["llmos"]
+    sched = _scheduler(platform)
+    if not once and platform.settings.scheduler_metrics_port:
+        metrics.instrument_scheduler(sched)
+        metrics.serve(platform.settings.scheduler_metrics_port, log=logging.getLogger("llmos.scheduler"),
+                      registry=metrics.SCHEDULER_REGISTRY)
     if once:
         if not sched.leadership.acquire():
             raise click.ClickException("another scheduler is active")

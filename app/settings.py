@@ -78,6 +78,14 @@ class Settings(BaseSettings):
     webhook_sweep_interval_s: float = 1.0
     webhook_concurrency: int = Field(8, ge=1, description="deliveries the scheduler sends at once")
 
+    # Operations (metrics; logs are LLMOS_LOG_FORMAT / LLMOS_LOG_LEVEL, read by app.logging_setup)
+    metrics_token: str = Field("", description="when set, GET /metrics needs 'Authorization: Bearer <token>'")
+    metrics_cache_s: float = Field(5.0, ge=0, description="how long /metrics reuses its database read")
+    worker_metrics_port: int | None = Field(None, ge=0, description="a worker's /metrics port; default 9101, "
+                                            "off (0) when LLMOS_ENV=test")
+    scheduler_metrics_port: int | None = Field(None, ge=0, description="the scheduler's /metrics port; default "
+                                               "9102, off (0) when LLMOS_ENV=test")
+
     @model_validator(mode="after")
     def _defaults(self) -> Settings:
         self.data_dir = self.data_dir.expanduser().resolve()
@@ -91,6 +99,10 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{self.data_dir / 'llmos.db'}"
         if not self.broker_url:
             self.broker_url = "filesystem://"
+        if self.worker_metrics_port is None:
+            self.worker_metrics_port = 0 if self.env == "test" else 9101
+        if self.scheduler_metrics_port is None:
+            self.scheduler_metrics_port = 0 if self.env == "test" else 9102
         if self.env not in ("development", "production", "test"):
             raise ValueError("LLMOS_ENV must be development, production or test")
         if self.visibility_timeout_s <= self.max_timeout_s:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
+import warnings
 from typing import Any
 
-from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
+from celery.signals import setup_logging, worker_ready, worker_shutdown, worker_shutting_down
 
-from app import create_app
+from app import create_app, logging_setup
 from app.jobs import kinds
 from app.queue import make_queue, worker_queues
 from workers import hardware
@@ -33,6 +35,9 @@ def run_worker(*, gpu_type: str | None = None, queues: list[str] | None = None,
 
     def _ready(**_: Any) -> None:
         rt.start()
+        from workers import metrics
+
+        metrics.start(rt, settings.worker_metrics_port or 0)
         log.info("worker %s ready: gpu=%s device=%s queues=%s", rt.worker_id, hw.gpu_type, hw.device, queues)
 
     def _shutdown(**_: Any) -> None:
@@ -41,12 +46,23 @@ def run_worker(*, gpu_type: str | None = None, queues: list[str] | None = None,
     def _shutting_down(**_: Any) -> None:
         rt.begin_shutdown()
 
+    def _logging(**_: Any) -> None:  # connected: Celery leaves logging to us (one format for every line)
+        logging_setup.configure(level=loglevel)
+
+    setup_logging.connect(_logging, weak=False)
     worker_ready.connect(_ready, weak=False)
     worker_shutting_down.connect(_shutting_down, weak=False)
     worker_shutdown.connect(_shutdown, weak=False)
     argv = [
         "worker", "--pool=threads", f"--concurrency={concurrency or settings.worker_concurrency}",
         f"--queues={','.join(queues)}", f"--hostname={rt.worker_id}", f"--loglevel={loglevel}",
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "--without-gossip", "--without-mingle",
     ]
+    if settings.broker_url.startswith("filesystem"):
+        argv.append("--without-heartbeat")  # event heartbeats need a fanout exchange: Flower is for Redis/AMQP
+    if os.environ.get("LLMOS_DEV") == "1":  # started by `llmos dev`: no banner, no root warning on a laptop
+        argv.append("--quiet")
+        from celery.exceptions import SecurityWarning
+
+        warnings.filterwarnings("ignore", category=SecurityWarning)
     celery.worker_main(argv)

@@ -13,8 +13,10 @@ from flask import current_app
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.jobs import kinds, lifecycle
+from app.logging_setup import job_context
 from app.queue import RUN_JOB_TASK
 from app.services import batches
+from workers import metrics
 from workers.errors import JobFailure
 from workers.kinds import JobContext, Outcome
 from workers.runtime import WorkerRuntime
@@ -30,6 +32,11 @@ def runtime() -> WorkerRuntime:
 
 @shared_task(name=RUN_JOB_TASK, bind=True, acks_late=True, ignore_result=True, max_retries=30)
 def run_job(self: Any, job_id: str) -> None:
+    with job_context(job_id):  # every line logged for this job carries its job_id
+        _run_job(self, job_id)
+
+
+def _run_job(self: Any, job_id: str) -> None:
     rt = runtime()
     rt.took_message()
     try:
@@ -41,6 +48,8 @@ def run_job(self: Any, job_id: str) -> None:
         log.info("job=%s not queued any more (duplicate delivery or cancelled); skipped", job_id)
         return
     attempt = claim.attempt
+    metrics.job_claimed(claim)
+    t_run, ended, usage = time.monotonic(), "failed", None
     log.info("job=%s state=running kind=%s attempt=%d worker=%s", job_id, claim.kind, attempt, rt.worker_id)
     cancel = rt.job_started(job_id)
     handed_back = False
@@ -55,10 +64,12 @@ def run_job(self: Any, job_id: str) -> None:
                 s, job_id=job_id, attempt=attempt, reason=f"worker {rt.worker_id} stopping", also=also))
             if handed_back:
                 rt.platform.dispatcher.publish_pending([job_id])
+            ended = "handed_back"
             log.info("job=%s state=queued handed back (worker stopping)", job_id)
         else:
             _store(rt, lambda s: lifecycle.fail(s, job_id=job_id, attempt=attempt, code=code, message=message,
                                                 output=partial, also=also))
+            ended = "cancelled" if code == "cancelled" else "failed"
             log.info("job=%s state=%s code=%s", job_id, status, code)
     except Exception as exc:
         code, status = "internal", "failed"
@@ -72,8 +83,10 @@ def run_job(self: Any, job_id: str) -> None:
                                                         usage=outcome.usage, also=outcome.also), single=single)
         code, status = None, "succeeded"
         log.info("job=%s state=succeeded stored=%s", job_id, stored)
+        ended, usage = "succeeded", outcome.usage
     finally:
         rt.job_ended(job_id)
+        metrics.job_ended(claim, ended, time.monotonic() - t_run, usage)
     if rt.hooks:
         rt.notify({"job_id": job_id, "kind": claim.kind, "status": status, "error_code": code})
     if claim.batch_id is not None and not handed_back:  # the last chunk to end finalises its batch

@@ -255,6 +255,7 @@ class Claim:
     batch_id: str | None
     started_at: datetime
     has_webhook: bool = False  # its outcome has a delivery to queue: it cannot be a single statement
+    created_at: datetime | None = None  # when it was submitted (queued -> running time, in the worker's metrics)
 
 
 def claim(session: Session, *, job_id: str, worker_id: str) -> Claim | None:
@@ -263,17 +264,17 @@ def claim(session: Session, *, job_id: str, worker_id: str) -> Claim | None:
     row = _cas(session, "claim", job_id, None,
                {"attempts": Job.attempts + 1, "worker_id": worker_id, "started_at": now, "progress": None},
                Job.kind, Job.model, Job.input, Job.params, Job.timeout_s, Job.attempts, Job.owner_id, Job.batch_id,
-               event=("running", f"started on {worker_id}", {"worker_id": worker_id}))
+               Job.created_at, event=("running", f"started on {worker_id}", {"worker_id": worker_id}))
     if row is None:
         return None
-    kind, model, input_, params, timeout_s, attempt, owner_id, batch_id, url, events = row
+    kind, model, input_, params, timeout_s, attempt, owner_id, batch_id, created_at, url, events = row
     if batch_id is not None:  # the batch starts with its first chunk
         session.execute(update(Batch).where(Batch.id == batch_id, Batch.status == JobStatus.queued)
                         .values(status=JobStatus.running, started_at=now, updated_at=now),
                         execution_options=_NO_SYNC)
     _webhook(session, job_id, "job.started", url, events)
     return Claim(job_id, kind, model, dict(input_), dict(params or {}), timeout_s, attempt, owner_id, batch_id, now,
-                 url is not None)
+                 url is not None, created_at)
 
 
 def progress(session: Session, *, job_id: str, attempt: int, done: int, total: int, message: str = "",
