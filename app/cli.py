@@ -61,23 +61,84 @@ def keys() -> None:
     """API keys."""
 
 
-def _create_key(owner: str) -> str:
+def _bus() -> Any:
+    """This process's end of the wake-ups, so that what a command changes (a revoke) reaches the API's caches."""
+    from app.jobs.signals import bus_for
+
+    s = load_settings()
+    return bus_for(s.broker_url, s.data_dir, s.database_url)
+
+
+def _create_key(owner: str, **options: Any) -> str:
     from app.db import Database
     from app.services import auth
 
     database = Database(load_settings().database_url)
     try:
         with database.session() as session:
-            return auth.create_key(session=session, owner_name=owner)
+            return auth.create_key(session=session, owner_name=owner, **options)
     finally:
         database.dispose()
 
 
 @keys.command("create")
 @click.option("--owner", required=True, help="owner name; created if new")
-def keys_create(owner: str) -> None:
+@click.option("--name", default=None, help="a label to tell keys apart in `llmos keys list`")
+@click.option("--scopes", default=None,
+              help="comma-separated: jobs:read, jobs:write, files, finetune, webhooks, admin "
+                   "(default: all but admin)")
+@click.option("--rate-limit", default=None, help="requests allowed, as N/minute (default: LLMOS_RATE_LIMIT)")
+@click.option("--expires-in", "expires_in", type=float, default=None, help="days until the key stops working")
+def keys_create(owner: str, name: str | None, scopes: str | None, rate_limit: str | None,
+                expires_in: float | None) -> None:
     """Create an API key for OWNER and print it (alone, on stdout). It is shown only once."""
-    click.echo(_create_key(owner))
+    from app.errors import ApiError
+
+    try:
+        click.echo(_create_key(owner, name=name, scopes=scopes, rate_limit=rate_limit, expires_in_days=expires_in))
+    except ApiError as exc:
+        raise click.BadParameter(exc.message) from None
+
+
+@keys.command("list")
+@click.option("--owner", default=None, help="only this owner's keys")
+@click.option("--json", "as_json", is_flag=True, help="as JSON")
+def keys_list(owner: str | None, as_json: bool) -> None:
+    """Every key: id, prefix, owner, name, scopes, created, last used, expiry, revoked. Never the secret."""
+    from app.db import Database
+    from app.services import auth
+
+    database = Database(load_settings().database_url)
+    try:
+        with database.session() as session:
+            rows = auth.list_keys(session=session, owner=owner)
+    finally:
+        database.dispose()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo("id\tprefix\towner\tname\tscopes\tcreated\tlast used\texpires\trevoked")
+    for k in rows:
+        click.echo("\t".join(str(x if x is not None else "-") for x in (
+            k["id"], k["prefix"] + "…", k["owner"], k["name"], ",".join(k["scopes"]), k["created_at"],
+            k["last_used_at"], k["expires_at"], k["revoked_at"])))
+
+
+@keys.command("revoke")
+@click.argument("key_id", type=int)
+def keys_revoke(key_id: int) -> None:
+    """Revoke key KEY_ID (see `llmos keys list`): refused at once by every API process."""
+    from app.db import Database
+    from app.services import auth
+
+    database = Database(load_settings().database_url, bus=_bus())
+    try:
+        with database.session() as session:
+            if not auth.revoke_key(session=session, key_id=key_id):
+                raise click.ClickException(f"no key {key_id}")
+    finally:
+        database.dispose()
+    click.echo(f"revoked key {key_id}")
 
 
 # ---- kinds ---------------------------------------------------------------------------------------------
@@ -96,6 +157,34 @@ def kinds_cmd(as_json: bool) -> None:
         return
     for k in rows:
         click.echo(f"{k['id']}\tmodel: {k['model_kind'] or '-'}\tqueues: {k['queue_family']}.<gpu>\t{k['description']}")
+
+
+# ---- plugins --------------------------------------------------------------------------------------------
+
+
+@main.group("plugins")
+def plugins_cmd() -> None:
+    """Installed plugins (entry points llmos.kinds, llmos.loaders, llmos.hooks)."""
+
+
+@plugins_cmd.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def plugins_list(as_json: bool) -> None:
+    """Every plugin entry point installed, loaded: what it adds, or why it is skipped."""
+    from app import plugins
+    from app.jobs import kinds
+
+    found = kinds.plugin_kinds() + [p for g in plugins.GROUPS[1:] for p in plugins.discover(g)]
+    rows = [{"group": p.group, "name": p.name, "value": p.value, "package": p.package,
+             "status": "broken" if p.error else "ok", "error": p.error} for p in found]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no plugins installed")
+    for r in rows:
+        click.echo(f"{r['group']}\t{r['name']}\t{r['value']}\t{r['package'] or '-'}\t{r['status']}"
+                   + (f": {r['error']}" if r["error"] else ""))
 
 
 # ---- models --------------------------------------------------------------------------------------------

@@ -132,7 +132,8 @@ def main() -> None:
                LLMOS_MAX_BATCH_REQUEST_BYTES=str(256 * 1024 * 1024), TOKENIZERS_PARALLELISM="false")
     llmos = [sys.executable, "-m", "app.cli"]
     subprocess.run([*llmos, "db", "upgrade"], env=env, check=True, capture_output=True)
-    key = subprocess.run([*llmos, "keys", "create", "--owner", "bench"], env=env, check=True, capture_output=True,
+    key = subprocess.run([*llmos, "keys", "create", "--owner", "bench", "--rate-limit", "1000000/minute"],
+                         env=env, check=True, capture_output=True,
                          text=True).stdout.strip()
     port = free_port()
     logs = open(Path(work) / "processes.log", "wb")  # noqa: SIM115 - closed at the end

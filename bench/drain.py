@@ -559,7 +559,7 @@ def main() -> None:
         env.update(LLMOS_ENV="production", LLMOS_DATABASE_URL=db_url, LLMOS_BROKER_URL=args.redis,
                    LLMOS_DATA_DIR=str(tmp / "data"), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
         run_llmos(env, "db", "upgrade")
-        key = run_llmos(env, "keys", "create", "--owner", "bench").strip()
+        key = run_llmos(env, "keys", "create", "--owner", "bench", "--rate-limit", "1000000/minute").strip()
         ctx = Ctx(args, name, db_url, admin, r, env, tmp, key, body, celery)
 
         print(f"Drain: {args.jobs} {kind} jobs, one worker process ({CONCURRENCY} threads), {args.rounds} round(s) "

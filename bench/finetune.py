@@ -146,7 +146,8 @@ def main() -> None:
     train_file = data / "train.jsonl"
     train_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
-    key = subprocess.run([*llmos, "keys", "create", "--owner", "bench"], env=env, check=True,
+    key = subprocess.run([*llmos, "keys", "create", "--owner", "bench", "--rate-limit", "1000000/minute"],
+                         env=env, check=True,
                          capture_output=True, text=True).stdout.strip()
     port = 8766
     log = open(data / "processes.log", "wb")  # noqa: SIM115 - closed at the end

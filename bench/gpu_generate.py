@@ -80,7 +80,8 @@ def main() -> None:
         with db.session() as s:
             s.merge(ModelEntry(name=name, kind="causal-lm", source_type="random", source="llama", config=cfg))
         db.dispose()
-    key = subprocess.run([*llmos, "keys", "create", "--owner", "bench"], env=env, check=True,
+    key = subprocess.run([*llmos, "keys", "create", "--owner", "bench", "--rate-limit", "1000000/minute"],
+                         env=env, check=True,
                          capture_output=True, text=True).stdout.strip()
     port = 8765
     log = open(data / "processes.log", "wb")  # noqa: SIM115 - closed at the end

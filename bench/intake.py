@@ -422,7 +422,7 @@ def main() -> None:
         env.update(LLMOS_ENV="production", LLMOS_DATABASE_URL=db_url, LLMOS_BROKER_URL=args.redis,
                    LLMOS_DATA_DIR=str(tmp / "data"), BENCH_DATABASE_URL=db_url, BENCH_BROKER_URL=args.redis)
         run_llmos(env, "db", "upgrade")
-        key = run_llmos(env, "keys", "create", "--owner", "bench").strip()
+        key = run_llmos(env, "keys", "create", "--owner", "bench", "--rate-limit", "1000000/minute").strip()
         engine = create_engine(db_url)
         NaiveBase.metadata.create_all(engine)
 

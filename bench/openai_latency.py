@@ -100,7 +100,7 @@ def main() -> None:
         env.update(LLMOS_ENV="production", LLMOS_DATABASE_URL=db_url, LLMOS_BROKER_URL=args.redis,
                    LLMOS_DATA_DIR=str(tmp / "data"))
         run_llmos(env, "db", "upgrade")
-        key = run_llmos(env, "keys", "create", "--owner", "bench").strip()
+        key = run_llmos(env, "keys", "create", "--owner", "bench", "--rate-limit", "1000000/minute").strip()
         port = free_port()
         procs.append(start(llmos_argv("api", "--host", "127.0.0.1", "--port", str(port)), env, tmp / "api.log"))
         wait_healthy(port, procs[-1], tmp / "api.log")

@@ -82,7 +82,8 @@ def main() -> None:
                LLMOS_REPUBLISH_AFTER_S="10", LLMOS_RELAY_INTERVAL_S="1", TOKENIZERS_PARALLELISM="false")
     llmos = [sys.executable, "-m", "app.cli"]
     subprocess.run([*llmos, "db", "upgrade"], env=env, check=True, capture_output=True)
-    key = subprocess.run([*llmos, "keys", "create", "--owner", "soak"], env=env, check=True, capture_output=True,
+    key = subprocess.run([*llmos, "keys", "create", "--owner", "soak", "--rate-limit", "1000000/minute"],
+                         env=env, check=True, capture_output=True,
                          text=True).stdout.strip()
     port = free_port()
     logs = open(Path(work) / "processes.log", "wb")  # noqa: SIM115 - closed at the end

@@ -533,8 +533,8 @@ def test_models_lists_the_seeded_models(client, key):
     assert all(m["object"] == "model" for m in body["data"])
 
 
-def test_workers_lists_heartbeats_and_liveness(client, app, key):
-    assert client.get("/workers", headers=auth(key)).get_json() == {"data": [], "next_cursor": None}
+def test_workers_lists_heartbeats_and_liveness(client, app, key, admin_key):
+    assert client.get("/workers", headers=auth(admin_key)).get_json() == {"data": [], "next_cursor": None}
     from datetime import timedelta
 
     with db(app).session() as s:
@@ -543,7 +543,7 @@ def test_workers_lists_heartbeats_and_liveness(client, app, key):
                                   models_loaded=["tiny-random-llama"])
         workers_service.heartbeat(session=s, worker_id="w-dead", host="gpu-2", pid=11, gpu_type="cpu")
         s.get(Worker, "w-dead").last_heartbeat_at = utcnow() - timedelta(minutes=5)
-    body = client.get("/workers", headers=auth(key)).get_json()
+    body = client.get("/workers", headers=auth(admin_key)).get_json()
     by_id = {w["id"]: w for w in body["data"]}
     assert set(by_id) == {"w-live", "w-dead"}
     live = by_id["w-live"]
@@ -551,6 +551,10 @@ def test_workers_lists_heartbeats_and_liveness(client, app, key):
     assert live["queues"] == ["generate.h100", "generate.any"]
     assert live["models_loaded"] == ["tiny-random-llama"]
     assert by_id["w-dead"]["alive"] is False
+    # another key sees capacity by GPU type, never hosts, pids or loaded models
+    pools = client.get("/workers", headers=auth(key)).get_json()["data"]
+    assert pools == [{"object": "gpu_pool", "gpu_type": "cpu", "alive": 0, "total": 1, "running_jobs": 0},
+                     {"object": "gpu_pool", "gpu_type": "h100", "alive": 1, "total": 1, "running_jobs": 0}]
 
 
 def test_healthz_needs_no_key(client):

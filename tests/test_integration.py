@@ -28,7 +28,7 @@ def tiny_job(**over):
     return body
 
 
-def test_generate_on_postgres_and_redis(client, key, pg, redis_url, start_worker):
+def test_generate_on_postgres_and_redis(client, key, admin_key, pg, redis_url, start_worker):
     w = start_worker(pg, redis_url, "--gpu-type", "cpu", "--concurrency", "4")
     r = client.post("/jobs", json=tiny_job(metadata={"run": "it"}), headers=auth(key))
     assert r.status_code == 202
@@ -46,13 +46,14 @@ def test_generate_on_postgres_and_redis(client, key, pg, redis_url, start_worker
     assert body["started_at"] and body["finished_at"]
     events = client.get(f"/jobs/{job_id}/events", headers=auth(key)).get_json()["data"]
     assert [e["type"] for e in reversed(events)] == ["queued", "running", "succeeded"]
-    workers = client.get("/workers", headers=auth(key)).get_json()["data"]
+    workers = client.get("/workers", headers=auth(admin_key)).get_json()["data"]
     mine = [x for x in workers if x["id"] == body["worker_id"]]
     assert mine and mine[0]["alive"] and mine[0]["gpu_type"] == "cpu"
     assert set(mine[0]["queues"]) == {"generate.cpu", "generate.any", "embed.cpu", "embed.any", "batch.cpu",
                                       "batch.any", "finetune.cpu", "finetune.any", "echo.cpu", "echo.any"}
     time.sleep(1.5)  # next heartbeat carries the loaded model
-    mine = [x for x in client.get("/workers", headers=auth(key)).get_json()["data"] if x["id"] == body["worker_id"]]
+    mine = [x for x in client.get("/workers", headers=auth(admin_key)).get_json()["data"]
+            if x["id"] == body["worker_id"]]
     assert "tiny-random-llama" in mine[0]["models_loaded"]
 
 

@@ -16,10 +16,16 @@ from app.services.pagination import parse_limit
 
 
 def authenticated(fn):  # noqa: ANN001, ANN201
+    """The key (401 without a live one), then the scope the resource asks for this method (403 without it)."""
+
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         p = platform()
-        g.owner_id = auth.authenticate(db=p.db, lookups=p.lookups, authorization=request.headers.get("Authorization"))
+        g.principal = auth.authenticate(db=p.db, lookups=p.lookups,
+                                        authorization=request.headers.get("Authorization"))
+        resource = getattr(fn, "__self__", None)
+        if isinstance(resource, AuthResource):
+            auth.require(g.principal, resource.scope_for(request.method))
         return fn(*args, **kwargs)
 
     return wrapper
@@ -27,10 +33,19 @@ def authenticated(fn):  # noqa: ANN001, ANN201
 
 class AuthResource(Resource):
     method_decorators = [authenticated]
+    read_scope = "jobs:read"  # GET and HEAD
+    write_scope = "jobs:write"  # everything else
+
+    def scope_for(self, method: str) -> str:
+        return self.read_scope if method in ("GET", "HEAD", "OPTIONS") else self.write_scope
+
+    @property
+    def principal(self) -> auth.Principal:
+        return g.principal
 
     @property
     def owner_id(self) -> int:
-        return g.owner_id
+        return g.principal.owner_id
 
     @staticmethod
     def base_url() -> str:

@@ -6,7 +6,7 @@ from app.api.base import AuthResource
 from app.errors import InvalidInput
 from app.platform import platform
 from app.schemas import checkpoint_public, event_public, job_public, validate_job
-from app.services import finetunes, jobs
+from app.services import auth, finetunes, jobs
 
 
 class JobList(AuthResource):
@@ -14,6 +14,8 @@ class JobList(AuthResource):
         p = platform()
         body = self.json_body()
         spec = validate_job(body, p.settings)
+        if spec.envelope.kind == "finetune":
+            auth.require(self.principal, "finetune")
         key = request.headers.get("Idempotency-Key")
         if key is not None and not 1 <= len(key) <= 255:
             raise InvalidInput("Idempotency-Key must be 1 to 255 characters", field="Idempotency-Key")

@@ -17,6 +17,8 @@ class ModelList(AuthResource):
 
 
 class ModelItem(AuthResource):
+    write_scope = "finetune"  # deleting a model: the fine-tuned ones are what a key may delete
+
     def get(self, name: str) -> dict:
         with platform().db.session() as session:
             return model_public(registry.get_visible(session=session, name=name, owner_id=self.owner_id))

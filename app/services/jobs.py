@@ -8,15 +8,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db import Database
-from app.errors import Conflict, InvalidInput
+from app.errors import ApiError, Conflict, InvalidInput
 from app.jobs import kinds, lifecycle
 from app.jobs.signals import Waiters
 from app.jobs.states import TERMINAL, JobStatus
@@ -71,6 +72,44 @@ def _replay(job: Job, body_hash: str | None) -> Job:
     return job
 
 
+class QueuedCounts:
+    """An owner's queued jobs: counted in the database at most once a second per process, plus what this
+    process submitted since (so a burst from one client is counted exactly; across processes within a second)."""
+
+    def __init__(self, ttl_s: float = 1.0) -> None:
+        self.ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._counts: dict[int, tuple[float, int]] = {}
+
+    def get(self, db: Database, owner_id: int) -> int:
+        now = time.monotonic()
+        hit = self._counts.get(owner_id)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        with db.session() as session:
+            n = int(session.scalar(select(func.count()).select_from(Job).where(
+                Job.owner_id == owner_id, Job.status == JobStatus.queued)) or 0)
+        with self._lock:
+            self._counts[owner_id] = (now + self.ttl_s, n)
+        return n
+
+    def added(self, owner_id: int) -> None:
+        with self._lock:
+            hit = self._counts.get(owner_id)
+            if hit is not None:
+                self._counts[owner_id] = (hit[0], hit[1] + 1)
+
+
+QUEUED = QueuedCounts()
+
+
+def check_quota(*, db: Database, settings: Settings, owner_id: int) -> None:
+    """429 once an owner has LLMOS_MAX_QUEUED_JOBS jobs waiting."""
+    if QUEUED.get(db, owner_id) >= settings.max_queued_jobs:
+        raise ApiError(f"you have {settings.max_queued_jobs} or more jobs queued (LLMOS_MAX_QUEUED_JOBS); wait for "
+                       "some to run", code="quota_exceeded", status=429, headers={"Retry-After": "5"})
+
+
 def find_by_idempotency_key(*, session: Session, owner_id: int, key: str) -> Job | None:
     return session.scalar(select(Job).where(Job.owner_id == owner_id, Job.idempotency_key == key))
 
@@ -85,6 +124,7 @@ def create_job(
     kind = kinds.get(env.kind)
     assert kind is not None
     body_hash = request_hash(body) if idempotency_key is not None else None  # only a replay compares it
+    check_quota(db=db, settings=settings, owner_id=owner_id)
     model = None
     if kind.model_kind is not None:
         model = lookups.model(db, env.model or "", owner_id)
@@ -128,8 +168,12 @@ def create_job(
     try:
         if (db.engine.dialect.name == "postgresql" and idempotency_key is None and kind.check is None
                 and warning is None):  # the common case: one statement, atomic alone (no BEGIN, no COMMIT)
-            return db.run_statement(write)
-        return db.run(write)
+            done = db.run_statement(write)
+        else:
+            done = db.run(write)
+        if done[1] is not None:
+            QUEUED.added(owner_id)
+        return done
     except IntegrityError:  # a concurrent POST with the same Idempotency-Key won
         if idempotency_key is None:
             raise

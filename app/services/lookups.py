@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import select
@@ -54,6 +55,18 @@ class TTLCache(Generic[V]):
 
 
 @dataclass(frozen=True)
+class KeyInfo:
+    """What authentication needs of a key row (a detached copy)."""
+
+    id: int
+    owner_id: int
+    scopes: frozenset[str]
+    rate_limit: str | None
+    expires_at: datetime | None
+    revoked: bool
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What submission needs of a registry entry (a detached copy)."""
 
@@ -77,7 +90,7 @@ def forget(session: Session, what: str) -> None:
 class Lookups:
     def __init__(self, bus: Bus, ttl_s: float = 10.0, workers_ttl_s: float = 2.0) -> None:
         self.bus = bus
-        self.keys: TTLCache[int | None] = TTLCache(ttl_s)
+        self.keys: TTLCache[KeyInfo | None] = TTLCache(ttl_s)
         self.models: TTLCache[ModelInfo | None] = TTLCache(ttl_s)
         self.webhooks: TTLCache[tuple[str, list[str]] | None] = TTLCache(ttl_s)
         self.workers: TTLCache[tuple[frozenset[str], frozenset[str]]] = TTLCache(workers_ttl_s)
@@ -98,17 +111,19 @@ class Lookups:
         if kind in cache:
             cache[kind].drop(key or None)
 
-    def owner_for_key(self, db: Database, key_hash: str) -> int | None:
-        """The owner of a live key (not revoked, not expired), or None."""
+    def key(self, db: Database, key_hash: str) -> KeyInfo | None:
+        """The key with this hash (revoked or expired ones included: the caller says why it refuses), or None."""
         self._listen()
 
-        def load() -> int | None:
+        def load() -> KeyInfo | None:
             with db.session() as session:
-                row = session.execute(select(ApiKey.owner_id, ApiKey.revoked_at)
+                row = session.execute(select(ApiKey.id, ApiKey.owner_id, ApiKey.scopes, ApiKey.rate_limit,
+                                             ApiKey.expires_at, ApiKey.revoked_at)
                                       .where(ApiKey.key_hash == key_hash)).one_or_none()
-            if row is None or row.revoked_at is not None:
+            if row is None:
                 return None
-            return int(row.owner_id)
+            return KeyInfo(int(row.id), int(row.owner_id), frozenset(row.scopes or ()), row.rate_limit,
+                           row.expires_at, row.revoked_at is not None)
 
         return self.keys.get(key_hash, load)
 

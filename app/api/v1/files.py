@@ -12,6 +12,8 @@ from app.services.openai import files
 
 
 class FileList(V1Resource):
+    read_scope = write_scope = "files"
+
     def post(self) -> tuple[dict, int]:
         with platform().db.session() as session:
             return files.file_object(upload_from_request(session, self.owner_id)), 200
@@ -24,6 +26,8 @@ class FileList(V1Resource):
 
 
 class FileItem(V1Resource):
+    read_scope = write_scope = "files"
+
     def get(self, file_id: str) -> dict:
         with platform().db.session() as session:
             return files.file_object(files.get(session=session, owner_id=self.owner_id, v1_id=file_id))
@@ -35,6 +39,8 @@ class FileItem(V1Resource):
 
 
 class FileContent(V1Resource):
+    read_scope = write_scope = "files"
+
     def get(self, file_id: str):  # noqa: ANN201 - a streamed file response
         with platform().db.session() as session:
             row = files.get(session=session, owner_id=self.owner_id, v1_id=file_id)

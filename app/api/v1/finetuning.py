@@ -11,6 +11,8 @@ from app.services.openai import finetuning
 
 
 class FineTuningJobList(V1Resource):
+    read_scope = write_scope = "finetune"
+
     def post(self) -> tuple[dict, int]:
         p = platform()
         key = request.headers.get("Idempotency-Key")
@@ -30,18 +32,24 @@ class FineTuningJobList(V1Resource):
 
 
 class FineTuningJobItem(V1Resource):
+    read_scope = write_scope = "finetune"
+
     def get(self, job_id: str) -> dict:
         with platform().db.session() as session:
             return finetuning.retrieve(session=session, owner_id=self.owner_id, v1_id=job_id)
 
 
 class FineTuningJobCancel(V1Resource):
+    read_scope = write_scope = "finetune"
+
     def post(self, job_id: str) -> dict:
         with platform().db.session() as session:
             return finetuning.cancel(session=session, owner_id=self.owner_id, v1_id=job_id)
 
 
 class FineTuningJobEvents(V1Resource):
+    read_scope = write_scope = "finetune"
+
     def get(self, job_id: str) -> dict:
         after, limit, _ = self.list_args()
         with platform().db.session() as session:
@@ -50,6 +58,8 @@ class FineTuningJobEvents(V1Resource):
 
 
 class FineTuningJobCheckpoints(V1Resource):
+    read_scope = write_scope = "finetune"
+
     def get(self, job_id: str) -> dict:
         after, limit, _ = self.list_args(default_limit=10)
         with platform().db.session() as session:

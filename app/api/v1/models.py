@@ -18,6 +18,8 @@ class ModelList(V1Resource):
 
 
 class ModelItem(V1Resource):
+    write_scope = "finetune"  # deleting a model: the fine-tuned ones are what a key may delete
+
     def get(self, name: str) -> dict:
         with platform().db.session() as session:
             return models.get_model(session=session, owner_id=self.owner_id, name=name)
