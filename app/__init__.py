@@ -30,9 +30,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
                                        lookups=Lookups(bus), streams=Streams(bus, ENDED))
     from app.api import init_api
     from app.api.ops import init_ops  # request ids, access log, /metrics, /readyz (first: every request gets an id)
+    from app.api.limits import init_limits
 
     init_ops(app)
     init_api(app)
+    init_limits(app)
     logging.getLogger("llmos").setLevel(logging.INFO)
     return app
 
