@@ -328,3 +328,116 @@ def test_dockerfile_default_command_and_user() -> None:
     assert path == ["api"]
     users = [rest for i, rest in instructions if i == "USER"]
     assert users and users[-1] not in ("root", "0"), "the image should not run as root"
+
+
+# ---- monitoring profile: Flower, Prometheus, Grafana ----------------------------------------------------------
+
+MONITORING = ("flower", "prometheus", "grafana")
+
+
+def test_monitoring_services_are_in_their_profile(services: dict[str, dict[str, Any]]) -> None:
+    for name in MONITORING:
+        assert services[name].get("profiles") == ["monitoring"], name
+    # a ${VAR:?} would stop every `docker compose up`, monitoring or not: compose interpolates all profiles
+    for name in MONITORING:
+        assert ":?" not in json.dumps(services[name]), name
+
+
+def _entry_argv(service: dict[str, Any], env: dict[str, str]) -> list[str]:
+    return [interpolate(str(a), env) for a in [*service.get("entrypoint", []), *service.get("command", [])]]
+
+
+@pytest.mark.parametrize(("name", "var"), [("flower", "FLOWER_BASIC_AUTH"), ("grafana", "GF_SECURITY_ADMIN_PASSWORD")])
+def test_monitoring_ui_refuses_to_start_without_a_password(services: dict[str, dict[str, Any]], name: str,
+                                                           var: str, tmp_path: Path) -> None:
+    """The entrypoint checks the secret; run the same shell line with and without it (run.sh/celery stubbed)."""
+    import subprocess
+
+    service = services[name]
+    argv = _entry_argv(service, {})
+    assert argv[:2] == ["sh", "-c"]
+    script = argv[2].replace("$$", "$").replace("exec /run.sh", "exec echo started")
+    rest = ["echo", "started"] if name == "flower" else []
+    env_value = interpolate(str(service["environment"][var]), {})
+    assert env_value == ""  # nothing in .env: empty, and refused below
+    no = subprocess.run(["sh", "-c", script, "--", *rest], env={"PATH": os.environ["PATH"], var: ""},
+                        capture_output=True, text=True)
+    assert no.returncode == 1 and "in .env" in no.stderr
+    yes = subprocess.run(["sh", "-c", script, "--", *rest], env={"PATH": os.environ["PATH"], var: "u:p"},
+                         capture_output=True, text=True)
+    assert yes.returncode == 0 and yes.stdout.strip() == "started"
+
+
+def test_flower_sees_live_workers(services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch,
+                                  tmp_path: Path) -> None:
+    """Workers on Redis send event heartbeats (Flower shows them online); Flower reads the same broker."""
+    from celery import Celery
+
+    argv_seen: list[list[str]] = []
+    monkeypatch.setattr(Celery, "worker_main", lambda self, argv=None: argv_seen.append(list(argv or [])))
+    from workers.main import run_worker
+
+    run_worker(gpu_type="cpu", config={"env": "test", "data_dir": tmp_path, "broker_url": "redis://redis:6379/0",
+                                       "database_url": f"sqlite:///{tmp_path / 'x.db'}"})
+    assert argv_seen and "--without-heartbeat" not in argv_seen[0]
+    broker = environment(services["worker-cpu"])["LLMOS_BROKER_URL"]
+    assert f"--broker={broker}" in _entry_argv(services["flower"], COMPOSE_ENV)
+
+
+def _metric_names() -> set[str]:
+    names: set[str] = set()
+    for src in ("app/metrics.py", "workers/metrics.py"):
+        names |= set(re.findall(r"\"(llmos_\w+)\"", (ROOT / src).read_text()))
+    return names
+
+
+def test_prometheus_scrapes_every_llmos_process(services: dict[str, dict[str, Any]], monkeypatch) -> None:
+    prometheus = services["prometheus"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in prometheus["volumes"] if v.startswith("./")}
+    config = yaml.safe_load((ROOT / mounts["/etc/prometheus/prometheus.yml"]).read_text())
+    targets: dict[str, tuple[int, set[str]]] = {}
+    for job in config["scrape_configs"]:
+        for sd in job["dns_sd_configs"]:
+            for name in sd["names"]:
+                targets[name] = (sd["port"], job.get("metrics_path", "/metrics"))
+    _, api_params = resolve(as_argv(services["api"]["command"]))
+    assert targets["api"] == (api_params["port"], "/metrics")
+    from app.settings import load_settings
+
+    for var in [v for v in os.environ if v.startswith("LLMOS_")]:
+        monkeypatch.delenv(var)
+    for var, value in environment(services["worker-cpu"]).items():
+        monkeypatch.setenv(var, value)
+    settings = load_settings()
+    for name in ("worker-cpu", "worker-gpu"):
+        assert targets[name][0] == settings.worker_metrics_port, name
+    assert targets["scheduler"][0] == settings.scheduler_metrics_port
+
+
+def test_grafana_is_provisioned_with_the_dashboard(services: dict[str, dict[str, Any]]) -> None:
+    grafana = services["grafana"]
+    mounts = {v.split(":")[1]: ROOT / v.split(":")[0] for v in grafana["volumes"] if v.startswith("./")}
+    prov = mounts["/etc/grafana/provisioning"]
+    ds = yaml.safe_load((prov / "datasources" / "prometheus.yml").read_text())["datasources"][0]
+    assert ds["type"] == "prometheus" and ds["url"] == "http://prometheus:9090"
+    provider = yaml.safe_load((prov / "dashboards" / "llmos.yml").read_text())["providers"][0]
+    folder = provider["options"]["path"]
+    dashboards = mounts[folder]
+    dash = json.loads((dashboards / "llmos.json").read_text())
+    assert dash["uid"] and dash["panels"]
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith(folder) and (dashboards / home.removeprefix(folder + "/")).is_file()
+    # every query names metrics the code exports, through the datasource provisioned above
+    known = _metric_names()
+    used: set[str] = set()
+    for panel in dash["panels"]:
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == ds["uid"]
+            used |= {re.sub(r"_(total|bucket|count|sum)$", "", m) for m in re.findall(r"llmos_\w+", target["expr"])}
+    assert used and used <= known, used - known
+    wanted = {"llmos_http_requests", "llmos_http_request_duration_seconds", "llmos_jobs", "llmos_queue_depth",
+              "llmos_queue_oldest_age_seconds", "llmos_job_queue_wait_seconds", "llmos_job_run_seconds",
+              "llmos_tokens_generated", "llmos_batch_documents", "llmos_model_cache_hits",
+              "llmos_model_cache_misses", "llmos_model_cache_loads", "llmos_model_cache_bytes",
+              "llmos_gpu_memory_bytes", "llmos_webhook_attempts"}
+    assert wanted <= used, wanted - used
