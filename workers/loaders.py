@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,6 +22,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from app import plugins
+from workers.engines.locks import BUILD_LOCK  # noqa: F401 - re-exported: every model build holds it
 from workers.errors import JobFailure
 
 log = logging.getLogger(__name__)
@@ -33,10 +33,6 @@ CHAT_TEMPLATE = (
 )
 
 
-# Building a model is not thread-safe in transformers: from_pretrained patches module construction process-wide
-# (empty-weight init on the meta device), so a model built in another thread at the same time can come out with
-# meta tensors. Every build in a worker (cache loads, a trainer's copy, adapters, conversions) holds this lock.
-BUILD_LOCK = threading.RLock()
 
 
 class Loader(Protocol):

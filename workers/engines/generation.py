@@ -1,10 +1,12 @@
 """Text generation that shares forward passes between concurrent jobs.
 
 One engine thread per loaded model owns the model. Celery task threads hand it requests and wait on a
-future. The engine keeps one running batch (continuous batching): between decode steps it prefills whatever
-is waiting (up to `max_batch` rows in all) and merges it into the batch's left-padded KV cache; it samples
-each row with that request's own parameters and generator, and settles each future as its row ends (eos,
-stop string, length, cancel or timeout), dropping the row from the batch at once.
+future. The engine keeps one running batch (continuous batching) in a slot cache (workers.engines.kv): between
+decode steps the waiting requests are prefilled together, grouped by length and in chunks, straight into free
+slots, reusing the keys/values of prompt prefixes that requests share (the prefix store); every row is sampled
+in one vectorised draw with its own parameters (workers.engines.sampling); rows that end (eos, stop string,
+length, cancel or timeout) are settled and leave at once, the last rows moving into their slots. On a GPU the
+decode step is replayed from CUDA graphs (workers.engines.graphs).
 
 Fine-tuned models share their base's engine: their LoRA adapters are loaded onto the one base model (peft), and
 a forward pass names each row's adapter, so requests for the base and for any of its adapters batch together.
@@ -13,21 +15,24 @@ a forward pass names each row's adapter, so requests for the base and for any of
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
+from workers.engines.graphs import DecodeGraphs
+from workers.engines.kv import PrefixKV, PrefixStore, SlotCache
+from workers.engines.locks import BUILD_LOCK
+from workers.engines.sampling import sample, uniforms
 from workers.errors import JobFailure
-from workers.loaders import BUILD_LOCK
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +66,9 @@ class GenResult:
 
 
 class GenerationEngine:
-    def __init__(self, model: Any, tokenizer: Any, *, device: str, max_batch: int = 64, name: str = "") -> None:
+    def __init__(self, model: Any, tokenizer: Any, *, device: str, max_batch: int = 64, name: str = "",
+                 prefix_cache_bytes: int = 256 * 2**20, prefill_chunk: int = 512, prefill_tokens: int = 8192,
+                 cuda_graphs: bool | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.device = torch.device(device)
@@ -73,12 +80,24 @@ class GenerationEngine:
         if tokenizer.eos_token_id is not None:
             eos_ids.add(tokenizer.eos_token_id)
         self.eos_ids = eos_ids
+        self.eos_t = torch.tensor(sorted(eos_ids), dtype=torch.long, device=self.device)
+        self.prefill_chunk = prefill_chunk  # columns per prefill forward (long prompts go in chunks)
+        self.prefill_tokens = prefill_tokens  # rows x columns per prefill forward; also what joins per step
+        self.prefix = PrefixStore(budget_bytes=prefix_cache_bytes) if prefix_cache_bytes else None
+        if cuda_graphs is None:
+            cuda_graphs = self.device.type == "cuda" and os.environ.get("LLMOS_ENGINE_CUDA_GRAPHS", "1") != "0"
+        self.graphs = DecodeGraphs(self, capture=cuda_graphs) if cuda_graphs else None
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        types = getattr(cfg, "layer_types", None) or []
+        self.window = getattr(cfg, "sliding_window", None) if "sliding_attention" in types else None
         self._queue: queue.Queue[GenRequest | None] = queue.Queue()
+        self._pending: deque[GenRequest] = deque()
         self._busy = 0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopped = False
-        self.batches = 0
+        self.batches = 0  # admissions: groups of arrivals that joined the running batch together
+        self.prefill_forwards = 0
         self.peft: Any = None  # the base wrapped by peft once an adapter is loaded; self.model stays the base
         self.forward_lock = threading.Lock()  # held by every forward pass and by adapter loading
 
@@ -146,91 +165,64 @@ class GenerationEngine:
     def _serve(self) -> None:
         """Continuous batching: between decode steps, waiting requests are prefilled and join the running batch;
         finished rows leave it at once, so a long request never holds short ones back."""
-        batch: _Batch | None = None
+        batch = _Batch(self)
         while True:
-            room = self.max_batch - len(batch.rows) if batch and batch.mergeable else 0 if batch else self.max_batch
-            new = self._take(room, block=batch is None)
-            if new is None:
-                if batch is not None:
-                    batch.fail_all(JobFailure("internal", "the engine stopped"))
+            if not self._pull(block=not batch.rows and not self._pending):
+                stopped = JobFailure("internal", "the engine stopped")
+                batch.fail_all(stopped)
+                for r in self._pending:
+                    r.future.set_exception(stopped)
                 return
+            new = self._next_arrivals(len(batch.rows))
             try:
                 if new:
-                    batch = self._admit(batch, new)
-                assert batch is not None
-                finished = batch.step(self)
-                if not batch.rows:
-                    batch = None
+                    batch.admit(new)
+                finished = batch.step()
+                if batch.rows:
+                    batch.decode()
                 else:
-                    batch.decode(self)
+                    batch.release()
             except BaseException as exc:  # noqa: BLE001 - every waiter must hear about it
                 failure = _as_failure(exc)
-                waiting = {id(r): r for r in [row.req for row in (batch.rows if batch else [])] + (new or [])}
-                finished = [_Row(r, None) for r in waiting.values()]
+                waiting = {id(r): r for r in [row.req for row in batch.rows] + new}
+                finished = [_Row(r, 0) for r in waiting.values()]
                 for r in waiting.values():
                     if not r.future.done():
                         r.future.set_exception(failure)
-                batch = None
+                batch = _Batch(self)
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
             with self._lock:
                 self._busy -= len(finished)
 
-    def _take(self, room: int, *, block: bool) -> list[GenRequest] | None:
-        """Waiting requests, at most `room`; None when the engine is told to stop."""
-        taken: list[GenRequest] = []
+    def _pull(self, *, block: bool) -> bool:
+        """Move what was submitted to the pending list; False when the engine is told to stop."""
         if block:
             first = self._queue.get()
             if first is None:
-                return None
-            taken.append(first)
-        while len(taken) < room:
+                return False
+            self._pending.append(first)
+        while True:
             try:
                 nxt = self._queue.get_nowait()
             except queue.Empty:
-                break
+                return True
             if nxt is None:
-                return None
-            taken.append(nxt)
+                return False
+            self._pending.append(nxt)
+
+    def _next_arrivals(self, running: int) -> list[GenRequest]:
+        """Pending requests that join now: as many as there is room for, up to `prefill_tokens` prompt tokens
+        (at least one), so a flood of arrivals is prefilled over a few steps while the batch keeps decoding."""
+        taken: list[GenRequest] = []
+        tokens = 0
+        while self._pending and running + len(taken) < self.max_batch:
+            n = len(self._pending[0].prompt_ids)
+            if taken and tokens + n > self.prefill_tokens:
+                break
+            taken.append(self._pending.popleft())
+            tokens += n
         return taken
-
-    def _admit(self, batch: _Batch | None, reqs: list[GenRequest]) -> _Batch:
-        """Prefill the new requests as one left-padded batch, then merge them into the running one."""
-        self.batches += 1
-        lens = [len(r.prompt_ids) for r in reqs]
-        width = max(lens)
-        ids = torch.full((len(reqs), width), self.pad_id, dtype=torch.long)
-        attn = torch.zeros((len(reqs), width), dtype=torch.long)
-        for i, r in enumerate(reqs):
-            ids[i, width - lens[i] :] = torch.tensor(r.prompt_ids, dtype=torch.long)
-            attn[i, width - lens[i] :] = 1
-        ids, attn = ids.to(self.device), attn.to(self.device)
-        pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        logits = self.forward([r.adapter for r in reqs], input_ids=ids, attention_mask=attn, position_ids=pos,
-                              past_key_values=cache, use_cache=True).logits[:, -1, :]
-        rows = [_Row(r, _generator(r.seed, self.device), next_pos=lens[i]) for i, r in enumerate(reqs)]
-        fresh = _Batch(rows, cache, attn, logits)
-        merged = fresh if batch is None else batch.merge(fresh)
-        for row in rows:
-            row.batch_size = len(merged.rows)
-        return merged
-
-    def _step_row(self, r: GenRequest, toks: list[int], token: int) -> str | None:
-        if token in self.eos_ids:
-            return "stop"
-        toks.append(token)
-        r.produced = len(toks)
-        if r.on_token is not None:
-            try:
-                r.on_token(toks)
-            except Exception:  # noqa: BLE001 - a listener must never break the batch
-                log.exception("token listener failed")
-        if r.stop and self._stop_hit(r, toks):
-            return "stop"
-        if len(toks) >= r.max_new_tokens:
-            return "length"
-        return None
 
     def _stop_hit(self, r: GenRequest, toks: list[int]) -> bool:
         window = max(len(s) for s in r.stop) * 4 + 4  # a character is at most 4 byte-level tokens
@@ -247,88 +239,264 @@ class GenerationEngine:
         return GenResult(text=text, finish_reason=reason, prompt_tokens=len(r.prompt_ids),
                          completion_tokens=len(toks), seconds=time.monotonic() - row.t0, batch_size=row.batch_size)
 
+    def masks(self, allowed: torch.Tensor) -> Any:
+        """The additive attention mask(s) for `allowed` [rows, 1, queries, columns] (True: may attend); a dict
+        per layer type for models with sliding-window layers."""
+        dtype = self.model.dtype
+        full = torch.zeros(allowed.shape, dtype=dtype, device=self.device).masked_fill_(~allowed,
+                                                                                      torch.finfo(dtype).min)
+        if self.window is None:
+            return full
+        cols = torch.arange(allowed.shape[3], device=self.device)
+        last = (allowed * cols).amax(-1, keepdim=True)  # each query's own column: its last allowed one
+        near = cols > last - self.window
+        windowed = full.masked_fill(~near, torch.finfo(dtype).min)
+        return {"full_attention": full, "sliding_attention": windowed}
+
 
 @dataclass
 class _Row:
     req: GenRequest
-    gen: torch.Generator | None
-    next_pos: int = 0  # position id of this row's next token (its own count, whatever the padding)
+    seed: int
+    next_pos: int = 0  # the column (and position) of this row's next token
     tokens: list[int] = field(default_factory=list)
     t0: float = field(default_factory=time.monotonic)
     batch_size: int = 1
 
 
 class _Batch:
-    """The running batch: rows, their shared left-padded KV cache and attention mask, and the logits of each
-    row's next token. Rows are added (merge) and removed (select) between decode steps."""
+    """The running batch: row i in slot i of the slot cache, the logits of each row's next token, and the rows'
+    sampling parameters as tensors (rebuilt when rows join or leave)."""
 
-    def __init__(self, rows: list[_Row], cache: DynamicCache, attn: torch.Tensor, logits: torch.Tensor) -> None:
-        self.rows, self.cache, self.attn, self.logits = rows, cache, attn, logits
+    def __init__(self, eng: GenerationEngine) -> None:
+        self.eng = eng
+        self.rows: list[_Row] = []
+        self.kv: SlotCache | None = None
+        self.logits: torch.Tensor | None = None
         self.last: torch.Tensor | None = None
-        # rows can join mid-flight only when every layer is a plain growing cache (not sliding windows)
-        self.mergeable = all(type(layer) is DynamicLayer for layer in cache.layers)
+        self._p: dict[str, torch.Tensor] | None = None
 
-    def merge(self, other: _Batch) -> _Batch:
-        width = max(self.attn.shape[1], other.attn.shape[1])
-        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
-            mine.keys = torch.cat([_lpad(mine.keys, width), _lpad(theirs.keys, width)])
-            mine.values = torch.cat([_lpad(mine.values, width), _lpad(theirs.values, width)])
-        self.attn = torch.cat([_lpad(self.attn, width), _lpad(other.attn, width)])
-        self.logits = torch.cat([self.logits, other.logits])
-        self.rows = self.rows + other.rows
-        return self
+    def _cache(self, slots: int, columns: int) -> SlotCache:
+        eng = self.eng
+        if self.kv is None:
+            start_slots = eng.max_batch if eng.graphs else 8
+            self.kv = SlotCache.for_model(eng.model.config, dtype=eng.model.dtype, device=eng.device,
+                                          slots=max(start_slots, _pow2(slots)), capacity=max(128, _pow2(columns)))
+        elif self.kv.ensure(slots, columns) and eng.graphs:
+            eng.graphs.reset()
+        return self.kv
 
-    def step(self, eng: GenerationEngine) -> list[_Row]:
-        """Sample every row's next token with its own parameters; settle and drop the rows that ended."""
+    def release(self) -> None:
+        """The batch is empty: free the cache (kept on a GPU, where the decode graphs point into it)."""
+        if not self.eng.graphs:
+            self.kv = None
+        self.logits = self.last = None
+        self._p = None
+
+    # ---- joining -----------------------------------------------------------------------------------------
+
+    def admit(self, reqs: list[GenRequest]) -> None:
+        """Prefill the arrivals together, grouped by (reused prefix, length), straight into free slots."""
+        eng = self.eng
+        eng.batches += 1
+        n0 = len(self.rows)
+        self._cache(n0 + len(reqs), max(len(r.prompt_ids) for r in reqs) + 1)
+        hits = self._prefix_hits(reqs, spare=n0 + len(reqs))
+        starts = [h.keys.shape[2] if h is not None else 0 for h in hits]
+        order = sorted(range(len(reqs)), key=lambda i: (starts[i], len(reqs[i].prompt_ids)))
+        rows = [_Row(reqs[i], _seed(reqs[i].seed), next_pos=len(reqs[i].prompt_ids)) for i in order]
+        assert self.kv is not None
+        by_prefix: dict[int, tuple[PrefixKV, list[int]]] = {}
+        for j, i in enumerate(order):
+            hit = hits[i]
+            if hit is not None:
+                by_prefix.setdefault(id(hit), (hit, []))[1].append(n0 + j)
+        for hit, slots in by_prefix.values():
+            self.kv.load(slots, hit)
+        logits = self._prefill(n0, [r.req.prompt_ids for r in rows], [starts[i] for i in order],
+                               [r.req.adapter for r in rows])
+        self.rows += rows
+        self.logits = logits if self.logits is None else torch.cat([self.logits, logits])
+        self._p = None
+        for row in rows:
+            row.batch_size = len(self.rows)
+
+    def _prefix_hits(self, reqs: list[GenRequest], spare: int) -> list[PrefixKV | None]:
+        """Each request's longest stored prefix. A prefix that requests have now shown more than once is first
+        prefilled on its own (in spare slots) and stored."""
+        store = self.eng.prefix
+        if store is None:
+            return [None] * len(reqs)
+        chains = [store.chain(r.prompt_ids) for r in reqs]
+        wanted: dict[tuple[str | None, int], list[int]] = {}
+        for r, chain in zip(reqs, chains, strict=True):
+            shared = store.note(r.adapter, chain)
+            if shared and not store.has(r.adapter, chain[shared - 1]):
+                wanted.setdefault((r.adapter, chain[shared - 1]), r.prompt_ids[: shared * store.block])
+        if wanted:
+            keys = sorted(wanted, key=lambda k: len(wanted[k]))
+            ids = [wanted[k] for k in keys]
+            self._cache(spare + len(ids), max(map(len, ids)))
+            self._prefill(spare, ids, [0] * len(ids), [k[0] for k in keys])
+            assert self.kv is not None
+            for j, key in enumerate(keys):
+                store.put(key[0], key[1], ids[j], self.kv.save(spare + j, len(ids[j])))
+        hits = [store.find(r.adapter, chain, r.prompt_ids) for r, chain in zip(reqs, chains, strict=True)]
+        for hit in hits:
+            if hit is not None:
+                store.hits += 1
+                store.tokens_saved += hit.keys.shape[2]
+        return hits
+
+    def _prefill(self, slot0: int, prompts: list[list[int]], starts: list[int],
+                 adapters: list[str | None]) -> torch.Tensor:
+        """Logits of the next token of each prompt (sorted by start, then length) prefilled into slots slot0...
+        from column starts[i]: consecutive prompts with one start share a forward while rows x columns stay
+        within `prefill_tokens`; columns go `prefill_chunk` at a time."""
+        eng = self.eng
+        out: list[torch.Tensor] = []
+        j = 0
+        while j < len(prompts):
+            g = 1
+            while (j + g < len(prompts) and starts[j + g] == starts[j]
+                   and (g + 1) * (len(prompts[j + g]) - starts[j]) <= eng.prefill_tokens):
+                g += 1
+            out.append(self._prefill_group(slot0 + j, prompts[j : j + g], starts[j], adapters[j : j + g]))
+            j += g
+        return torch.cat(out)
+
+    def _prefill_group(self, slot0: int, prompts: list[list[int]], start: int,
+                       adapters: list[str | None]) -> torch.Tensor:
+        eng, kv = self.eng, self.kv
+        assert kv is not None
+        g, lens = len(prompts), [len(p) for p in prompts]
+        end = max(lens)
+        ids = torch.full((g, end - start), eng.pad_id, dtype=torch.long)
+        for i, p in enumerate(prompts):  # right-padded: causal attention keeps padding out of real positions
+            ids[i, : lens[i] - start] = torch.tensor(p[start:], dtype=torch.long)
+        ids = ids.to(eng.device)
+        lens_t = torch.tensor(lens, device=eng.device)
+        logits: list[torch.Tensor | None] = [None] * g
+        for c0 in range(start, end, eng.prefill_chunk):
+            c1 = min(c0 + eng.prefill_chunk, end)
+            cols = torch.arange(c1, device=eng.device)
+            qpos = torch.arange(c0, c1, device=eng.device)
+            allowed = (cols[None, None, :] <= qpos[None, :, None]) & (cols[None, None, :] < lens_t[:, None, None])
+            ending = [i for i in range(g) if c0 <= lens[i] - 1 < c1]
+            keep = sorted({lens[i] - 1 - c0 for i in ending})
+            kv.rows, kv.write, kv.start = slice(slot0, slot0 + g), None, c0
+            res = eng.forward(adapters, input_ids=ids[:, c0 - start : c1 - start], position_ids=qpos.expand(g, -1),
+                              attention_mask=eng.masks(allowed[:, None]), cache=kv, use_cache=True,
+                              logits_to_keep=torch.tensor(keep or [0], device=eng.device))
+            eng.prefill_forwards += 1
+            for i in ending:
+                logits[i] = res.logits[i, keep.index(lens[i] - 1 - c0)]
+        return torch.stack([x for x in logits if x is not None])
+
+    # ---- stepping ----------------------------------------------------------------------------------------
+
+    def _params(self) -> dict[str, torch.Tensor]:
+        if self._p is None:
+            dev, rs = self.eng.device, [row.req for row in self.rows]
+            self._p = {
+                "temperature": torch.tensor([r.temperature for r in rs], dtype=torch.float32, device=dev),
+                "top_k": torch.tensor([r.top_k for r in rs], dtype=torch.long, device=dev),
+                "top_p": torch.tensor([r.top_p for r in rs], dtype=torch.float32, device=dev),
+                "seed": torch.tensor([row.seed for row in self.rows], dtype=torch.long, device=dev),
+                "produced": torch.tensor([len(row.tokens) for row in self.rows], dtype=torch.long, device=dev),
+                "min_new": torch.tensor([r.min_new_tokens for r in rs], dtype=torch.long, device=dev),
+                "max_new": torch.tensor([r.max_new_tokens for r in rs], dtype=torch.long, device=dev),
+                "deadline": torch.tensor([r.deadline for r in rs], dtype=torch.float64),
+            }
+        return self._p
+
+    def step(self) -> list[_Row]:
+        """Sample every row's next token with its own parameters (one vectorised draw), decide which rows ended
+        (end of sequence, length, deadline) on tensors, settle them and let them leave."""
+        eng, p = self.eng, self._params()
+        assert self.logits is not None
         logits = self.logits.float()
-        for i, row in enumerate(self.rows):
-            if len(row.tokens) < row.req.min_new_tokens and eng.eos_ids:
-                logits[i, list(eng.eos_ids)] = float("-inf")
-        tokens = _sample(logits, [r.req for r in self.rows], [r.gen for r in self.rows])
+        if len(eng.eos_t):
+            early = (p["produced"] < p["min_new"])[:, None]
+            logits[:, eng.eos_t] = logits[:, eng.eos_t].masked_fill(early, float("-inf"))
+        tokens = sample(logits, p["temperature"], p["top_k"], p["top_p"], uniforms(p["seed"], p["produced"]))
+        is_eos = torch.isin(tokens, eng.eos_t)
+        p["produced"] += ~is_eos
+        at_length = (p["produced"] >= p["max_new"]).tolist()
+        expired = (p["deadline"] < time.monotonic()).tolist()
+        toks, eos = tokens.tolist(), is_eos.tolist()
         finished: list[int] = []
         for i, row in enumerate(self.rows):
             r = row.req
-            reason = eng._step_row(r, row.tokens, int(tokens[i]))
-            if reason is None and r.cancel.is_set():
-                r.future.set_exception(JobFailure("cancelled", "cancelled while running"))
-            elif reason is None and time.monotonic() > r.deadline:
-                r.future.set_exception(JobFailure("timeout", "the job ran past its timeout_s"))
-            elif reason is not None:
+            reason = None
+            if eos[i]:
+                reason = "stop"
+            else:
+                row.tokens.append(toks[i])
+                r.produced = len(row.tokens)
+                if r.on_token is not None:
+                    try:
+                        r.on_token(row.tokens)
+                    except Exception:  # noqa: BLE001 - a listener must never break the batch
+                        log.exception("token listener failed")
+                if r.stop and eng._stop_hit(r, row.tokens):
+                    reason = "stop"
+                elif at_length[i]:
+                    reason = "length"
+            if reason is not None:
                 r.future.set_result(eng._result(row, reason))
+            elif r.cancel.is_set():
+                r.future.set_exception(JobFailure("cancelled", "cancelled while running"))
+            elif expired[i]:
+                r.future.set_exception(JobFailure("timeout", "the job ran past its timeout_s"))
             else:
                 continue
             finished.append(i)
         self.last = tokens
         done = [self.rows[i] for i in finished]
         if finished:
-            self._keep([i for i in range(len(self.rows)) if i not in set(finished)])
+            self._leave(finished)
         return done
 
-    def _keep(self, keep: list[int]) -> None:
-        self.rows = [self.rows[i] for i in keep]
-        if not keep:
-            return
-        idx = torch.tensor(keep, device=self.attn.device)
-        self.attn = self.attn.index_select(0, idx)
-        self.logits = self.logits.index_select(0, idx)
-        assert self.last is not None
-        self.last = self.last.index_select(0, idx)
-        first = int(self.attn.any(dim=0).nonzero()[0])  # columns that are padding for every row left: drop
-        self.attn = self.attn[:, first:]
-        for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, idx)[:, :, first:, :]
-            layer.values = layer.values.index_select(0, idx)[:, :, first:, :]
+    def _leave(self, finished: list[int]) -> None:
+        """Rows that ended leave: the last live rows move into their slots (only those rows' columns copied)."""
+        gone = set(finished)
+        n = len(self.rows) - len(finished)
+        holes = [i for i in finished if i < n]
+        movers = [i for i in range(n, len(self.rows)) if i not in gone]
+        assert self.kv is not None and self.last is not None
+        if movers:
+            self.kv.move(movers, holes, max(self.rows[i].next_pos for i in movers))
+        idx = list(range(n))
+        for h, m in zip(holes, movers, strict=True):
+            idx[h] = m
+        self.rows = [self.rows[i] for i in idx]
+        self.last = self.last[torch.tensor(idx, dtype=torch.long, device=self.last.device)]
+        self._p = None
 
-    def decode(self, eng: GenerationEngine) -> None:
+    def decode(self) -> None:
+        """One forward of every row's last token: each writes its key/value at its own column."""
+        eng = self.eng
         assert self.last is not None
         n = len(self.rows)
-        self.attn = torch.cat([self.attn, self.attn.new_ones((n, 1))], dim=1)
-        pos = torch.tensor([[r.next_pos] for r in self.rows], device=self.attn.device)
-        for r in self.rows:
-            r.next_pos += 1
-        self.logits = eng.forward([r.req.adapter for r in self.rows], input_ids=self.last[:, None],
-                                  attention_mask=self.attn, position_ids=pos, past_key_values=self.cache,
-                                  use_cache=True).logits[:, -1, :]
+        pos = [row.next_pos for row in self.rows]
+        kv = self._cache(n, max(pos) + 1)
+        adapters = [row.req.adapter for row in self.rows]
+        pos_t = torch.tensor(pos, device=eng.device)
+        if eng.graphs is not None and not any(adapters):
+            self.logits = eng.graphs.decode(kv, self.last, pos_t, max(pos) + 1)
+        else:
+            width = max(pos) + 1
+            allowed = torch.arange(width, device=eng.device)[None, :] <= pos_t[:, None]
+            kv.rows, kv.write, kv.width = slice(0, n), pos_t, width
+            try:
+                self.logits = eng.forward(adapters, input_ids=self.last[:, None], position_ids=pos_t[:, None],
+                                          attention_mask=eng.masks(allowed[:, None, None]), cache=kv,
+                                          use_cache=True).logits[:, -1, :]
+            finally:
+                kv.write = None
+        for row in self.rows:
+            row.next_pos += 1
 
     def fail_all(self, failure: JobFailure) -> None:
         for row in self.rows:
@@ -336,40 +504,12 @@ class _Batch:
                 row.req.future.set_exception(failure)
 
 
-def _lpad(t: torch.Tensor, width: int) -> torch.Tensor:
-    """Left-pad the time dimension (dim 1 of a mask, dim 2 of keys/values) with zeros up to `width`."""
-    dim = 1 if t.dim() == 2 else 2
-    missing = width - t.shape[dim]
-    if missing == 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = missing
-    return torch.cat([t.new_zeros(shape), t], dim=dim)
+def _seed(seed: int | None) -> int:
+    return seed if seed is not None else secrets.randbits(63)
 
 
-def _generator(seed: int | None, device: torch.device) -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(seed if seed is not None else secrets.randbits(63))
-    return g
-
-
-def _sample(logits: torch.Tensor, reqs: list[GenRequest], gens: list[torch.Generator | None]) -> torch.Tensor:
-    """Greedy rows by argmax in one op; sampled rows each with their own temperature/top-k/top-p/seed."""
-    tokens = logits.argmax(dim=-1)
-    for i, r in enumerate(reqs):
-        if r.temperature == 0.0:
-            continue
-        row = logits[i] / r.temperature
-        if r.top_k:
-            kth = torch.topk(row, min(r.top_k, row.numel())).values[-1]
-            row = row.masked_fill(row < kth, float("-inf"))
-        if r.top_p < 1.0:
-            sorted_logits, order = torch.sort(row, descending=True)
-            probs = sorted_logits.softmax(-1)
-            drop = probs.cumsum(-1) - probs > r.top_p  # keep the smallest prefix whose mass reaches top_p
-            row = row.scatter(0, order[drop], float("-inf"))
-        tokens[i] = torch.multinomial(row.softmax(-1), 1, generator=gens[i])[0]
-    return tokens
+def _pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
 
 
 def _as_failure(exc: BaseException) -> JobFailure:
