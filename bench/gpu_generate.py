@@ -1,36 +1,39 @@
-"""Generation throughput through the whole platform, beside naive per-job generate() and transformers' own
-batching, in the same run on the same device.
+"""Generation throughput of the platform's engine beside naive per-job `generate()`, padded `generate()` and
+transformers' own continuous batching (`generate_batch`), in one process, on one device, in the same run.
 
-    # on a GPU machine (the worker on the embedded broker: SQLite + filesystem, no services needed)
-    python bench/gpu_generate.py --shape smollm2-135m --jobs 1024 --new-tokens 128
-    python bench/gpu_generate.py --shape llama-1b --jobs 1024 --new-tokens 128
-    # CPU figures with the real SmolLM2 weights: 32 jobs at once vs one at a time
-    python bench/gpu_generate.py --model smollm2-135m-instruct --jobs 32 --new-tokens 32 --sequential 32
+Needs only torch + transformers (+ peft): no Celery, Flask, database or broker. Random weights in the shape of
+real models (the real weights are not needed to time them); prompts are random token ids.
 
-The platform path: N jobs POSTed to the API (gunicorn) at once, timed from the first submit to the last
-result; aggregate tokens/s and p50/p99 job latency. Baselines (after the worker stopped, same device):
-one `generate()` per request for a sample of requests, one padded `generate()` per batch of `--max-batch`,
-and `generate_batch` (transformers' continuous batching) when it is available.
+    # on a GPU machine (CUDA graphs for the engine's decode step on by default; --no-graphs to compare)
+    python bench/gpu_generate.py --shape smollm2-135m --jobs 1024 --new-tokens 128 --max-batch 256
+    python bench/gpu_generate.py --shape llama-1b --jobs 1024 --new-tokens 128 --max-batch 256
+    # CPU, small sizes (what runs on a laptop or CI)
+    python bench/gpu_generate.py --shape smollm2-135m --jobs 32 --new-tokens 16 --max-batch 32 --naive-sample 2
+
+Prints tokens/s per path and how many times faster the engine is. The whole platform over HTTP (API, queue,
+worker) is timed by bench/drain.py and bench/openai_latency.py, which need the full install.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
-import requests
 import torch
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SHAPES = {  # random weights in the shape of real models (the weights of the real ones are not needed)
+from workers.engines.generation import GenerationEngine, GenRequest  # noqa: E402
+
+SHAPES = {
+    "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "vocab_size": 512},
     "smollm2-135m": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
                      "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152},
     "llama-1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
@@ -38,176 +41,118 @@ SHAPES = {  # random weights in the shape of real models (the weights of the rea
 }
 
 
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
+class IdTokenizer:
+    """What the engine needs of a tokenizer, for prompts that are already token ids."""
+
+    pad_token_id = 0
+    eos_token_id = 1
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return " ".join(map(str, ids))
+
+
+def build(shape: str, device: str, dtype: torch.dtype) -> Any:
+    cfg = LlamaConfig(**SHAPES[shape], max_position_embeddings=8192, pad_token_id=0, bos_token_id=2,
+                      eos_token_id=1, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(cfg).to(dtype).eval()
+    model.generation_config = GenerationConfig(eos_token_id=1, pad_token_id=0)
+    return model
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shape", choices=sorted(SHAPES), help="a random-weight model of this shape")
-    ap.add_argument("--model", help="a registered model instead (e.g. smollm2-135m-instruct)")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="smollm2-135m")
     ap.add_argument("--jobs", type=int, default=1024)
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--prompt-tokens", type=int, default=64)
+    ap.add_argument("--prompt-tokens", type=int, default=64, help="mean prompt length (each within +-25%%)")
     ap.add_argument("--max-batch", type=int, default=256)
     ap.add_argument("--naive-sample", type=int, default=8, help="requests timed for the naive baseline")
-    ap.add_argument("--sequential", type=int, default=0, help="also run this many jobs one at a time")
-    ap.add_argument("--skip-baselines", action="store_true")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--no-graphs", action="store_true", help="the engine's decode step eagerly on a GPU too")
+    ap.add_argument("--skip", default="", help="comma list of paths to skip: naive,padded,cb")
     args = ap.parse_args()
-    if not (args.shape or args.model):
-        ap.error("give --shape or --model")
+    dev = args.device
+    dtype = torch.bfloat16 if dev.startswith("cuda") else torch.float32
+    model = build(args.shape, dev, dtype)
+    g = torch.Generator().manual_seed(1)
+    lo, hi = max(1, args.prompt_tokens * 3 // 4), args.prompt_tokens * 5 // 4 + 1
+    prompts = [torch.randint(3, model.config.vocab_size, (int(torch.randint(lo, hi, (1,), generator=g)),),
+                             generator=g).tolist() for _ in range(args.jobs)]
+    where = (torch.cuda.get_device_name() if dev.startswith("cuda") else f"CPU, {os.cpu_count()} cores")
+    print(f"{args.shape} (random weights, {dtype}), {args.jobs} requests x {args.new_tokens} new tokens, prompts "
+          f"{lo}-{hi - 1} tokens, max batch {args.max_batch}, on {where}")
+    rows: list[tuple[str, float, str]] = []
+    skip = set(filter(None, args.skip.split(",")))
 
-    data = Path(tempfile.mkdtemp(prefix="llmos-genbench-"))
-    env = dict(os.environ, LLMOS_DATA_DIR=str(data), LLMOS_ENV="test", HF_HUB_OFFLINE="1",
-               LLMOS_MODEL_DIR=os.environ.get("LLMOS_MODEL_DIR", str(ROOT / ".llmos" / "bench-models")),
-               LLMOS_WORKER_MAX_BATCH=str(args.max_batch), TOKENIZERS_PARALLELISM="false")
-    env.pop("LLMOS_DATABASE_URL", None)
-    env.pop("LLMOS_BROKER_URL", None)
-    llmos = [sys.executable, "-m", "app.cli"]
-    subprocess.run([*llmos, "db", "upgrade"], env=env, check=True, capture_output=True)
-    os.environ.update(env)
-    from app.db import Database
-    from app.models import ModelEntry
-    from app.settings import load_settings
+    # the platform's engine: every request submitted at once, as the worker's task threads do
+    graphs = dev.startswith("cuda") and not args.no_graphs
+    eng = GenerationEngine(model, IdTokenizer(), device=dev, max_batch=args.max_batch, cuda_graphs=graphs)
+    warm = [GenRequest(p, max_new_tokens=8, min_new_tokens=8, temperature=0.0) for p in prompts[: args.max_batch]]
+    for f in [eng.submit(r) for r in warm]:  # warm-up (and CUDA graph capture for the buckets it meets)
+        f.result()
+    t0 = time.perf_counter()
+    futures = [eng.submit(GenRequest(p, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                                     temperature=0.0)) for p in prompts]
+    done = [f.result() for f in futures]
+    wall = time.perf_counter() - t0
+    eng.stop()
+    toks = sum(r.completion_tokens for r in done)
+    captured = eng.graphs.captured if eng.graphs else 0
+    rows.append((f"engine ({'CUDA graphs' if graphs else 'eager'})", toks / wall,
+                 f"wall {wall:.1f}s; {eng.prefill_forwards} prefill forwards; {captured} graphs"))
 
-    settings = load_settings()
-    name = args.model
-    if args.shape:
-        name = f"bench-{args.shape}"
-        cfg = {"architecture": "llama", **SHAPES[args.shape], "max_position_embeddings": 8192, "seed": 0}
-        db = Database(settings.database_url)
-        with db.session() as s:
-            s.merge(ModelEntry(name=name, kind="causal-lm", source_type="random", source="llama", config=cfg))
-        db.dispose()
-    key = subprocess.run([*llmos, "keys", "create", "--owner", "bench", "--rate-limit", "1000000/minute"],
-                         env=env, check=True,
-                         capture_output=True, text=True).stdout.strip()
-    port = 8765
-    log = open(data / "processes.log", "wb")  # noqa: SIM115 - closed at the end
-    procs = [
-        subprocess.Popen([*llmos, "worker", "--concurrency", str(min(args.jobs + 8, 1100)), "--loglevel", "WARNING"],
-                         env=env, stdout=log, stderr=subprocess.STDOUT),
-        subprocess.Popen([*llmos, "api", "--port", str(port), "--workers", "2", "--threads", "64"], env=env,
-                         stdout=log, stderr=subprocess.STDOUT),
-    ]
-    base, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
-    for _ in range(600):
-        try:
-            if requests.get(f"{base}/healthz", timeout=1).ok:
-                break
-        except requests.RequestException:
-            time.sleep(0.2)
-    http = requests.Session()
-    prompt = ("The quick brown fox jumps over the lazy dog. " * 40)[: args.prompt_tokens]
-    if args.model:  # a real tokenizer: the prompt is text, its token count differs
-        prompt = "Write a long story about a fox who learns to fly. " * max(1, args.prompt_tokens // 12)
-
-    def body(i: int) -> dict:
-        return {"kind": "generate", "model": name, "input": {"prompt": f"{i}: {prompt}"},
-                "params": {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "temperature": 0},
-                "timeout_s": 3600}
-
-    def run_one(i: int) -> dict:
-        job = http.post(f"{base}/jobs", json=body(i), headers=headers, timeout=60).json()
-        while job["status"] not in ("succeeded", "failed", "cancelled"):
-            job = http.get(f"{base}/jobs/{job['id']}?wait=60", headers=headers, timeout=70).json()
-        return job
-
-    t = time.monotonic()
-    warm = run_one(-1)
-    assert warm["status"] == "succeeded", warm
-    print(f"model {name}: warm-up job (cold load) {time.monotonic() - t:.1f}s on {warm['worker_id']}")
-    rows = []
-
-    def platform(label: str, n: int, parallel: int) -> None:
-        t0 = time.monotonic()
-        with ThreadPoolExecutor(parallel) as pool:
-            done = list(pool.map(run_one, range(n)))
-        wall = time.monotonic() - t0
-        ok = [j for j in done if j["status"] == "succeeded"]
-        toks = sum(j["usage"]["completion_tokens"] for j in ok)
-        lat = [j["usage"]["seconds"] for j in ok]
-        rows.append((label, n, toks / wall, pct(lat, 0.5), pct(lat, 0.99), f"{len(ok)}/{n} ok, wall {wall:.1f}s"))
-
-    platform(f"platform: {args.jobs} jobs at once", args.jobs, min(args.jobs, 256))
-    if args.sequential:
-        platform(f"platform: {args.sequential} jobs one at a time", args.sequential, 1)
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        p.wait(timeout=60)
-    log.close()
-
-    if not args.skip_baselines:
-        baselines(args, settings, name, prompt, rows)
-    print(f"\n{'path':<48} {'jobs':>6} {'tokens/s':>10} {'p50 s':>8} {'p99 s':>8}  note")
-    for label, n, tps, p50, p99, note in rows:
-        print(f"{label:<48} {n:>6} {tps:>10.1f} {p50:>8.2f} {p99:>8.2f}  {note}")
-
-
-def baselines(args: argparse.Namespace, settings, name: str, prompt: str, rows: list) -> None:  # noqa: ANN001
-    from app.db import Database
-    from app.models import ModelEntry
-    from workers.model_cache import ModelCache, ModelSpec
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    db = Database(settings.database_url)
-    with db.session() as s:
-        e = s.get(ModelEntry, name)
-        spec = ModelSpec(e.name, e.kind, e.source_type, e.source, dict(e.config))
-    cache = ModelCache(model_dir=settings.model_dir, device=device, budget_bytes=2**40, max_batch=args.max_batch)
-    loaded = cache.get(spec)
-    model, tok = loaded.model, loaded.tokenizer
-    tok.padding_side = "left"
-    texts = [f"{i}: {prompt}" for i in range(args.jobs)]
     gen = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "do_sample": False,
-           "pad_token_id": tok.pad_token_id}
-
-    def sync() -> None:
-        if device == "cuda":
-            torch.cuda.synchronize()
-
+           "pad_token_id": 0, "eos_token_id": 1}
     with torch.inference_mode():
-        lat = []
-        t0 = time.monotonic()
-        for text in texts[: args.naive_sample]:
-            t1 = time.monotonic()
-            enc = tok(text, return_tensors="pt").to(device)
-            model.generate(**enc, **gen)
-            sync()
-            lat.append(time.monotonic() - t1)
-        wall = time.monotonic() - t0
-        rows.append(("naive: one generate() per request", args.naive_sample,
-                     args.naive_sample * args.new_tokens / wall, pct(lat, 0.5), pct(lat, 0.99),
-                     f"sequential; {args.jobs} would take ~{wall / args.naive_sample * args.jobs:.0f}s"))
-        t0 = time.monotonic()
-        for i in range(0, len(texts), args.max_batch):
-            enc = tok(texts[i : i + args.max_batch], return_tensors="pt", padding=True).to(device)
-            model.generate(**enc, **gen)
-        sync()
-        wall = time.monotonic() - t0
-        rows.append((f"padded generate(), batches of {args.max_batch}", args.jobs,
-                     args.jobs * args.new_tokens / wall, wall, wall, "in-process, no queue or database"))
-    # generate_batch manages its own tensors and refuses to run inside inference_mode
-    if hasattr(model, "generate_batch"):
-        from transformers import GenerationConfig
+        if "naive" not in skip:
+            t0 = time.perf_counter()
+            for p in prompts[: args.naive_sample]:
+                model.generate(torch.tensor([p], device=dev), attention_mask=torch.ones((1, len(p)), device=dev,
+                                                                                        dtype=torch.long), **gen)
+            sync(dev)
+            wall = time.perf_counter() - t0
+            rows.append(("naive: one generate() per request", args.naive_sample * args.new_tokens / wall,
+                         f"{args.naive_sample} timed; all {args.jobs} ~{wall / args.naive_sample * args.jobs:.0f}s"))
+        if "padded" not in skip:
+            t0 = time.perf_counter()
+            for i in range(0, len(prompts), args.max_batch):
+                chunk = prompts[i : i + args.max_batch]
+                width = max(map(len, chunk))
+                ids = torch.tensor([[0] * (width - len(p)) + p for p in chunk], device=dev)
+                attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=dev)
+                model.generate(ids, attention_mask=attn, **gen)
+            sync(dev)
+            wall = time.perf_counter() - t0
+            rows.append((f"padded generate(), batches of {args.max_batch}", args.jobs * args.new_tokens / wall,
+                         f"wall {wall:.1f}s"))
+    if "cb" not in skip:  # generate_batch manages its own tensors and refuses to run inside inference_mode
+        label = "transformers generate_batch (continuous)"
+        if not hasattr(model, "generate_batch"):
+            rows.append((label, 0.0, "unavailable in this transformers"))
+        else:
+            try:
+                cfg = GenerationConfig(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                                       do_sample=False, eos_token_id=-1, pad_token_id=0)
+                t0 = time.perf_counter()
+                out = model.generate_batch(inputs=prompts, generation_config=cfg)
+                sync(dev)
+                wall = time.perf_counter() - t0
+                rows.append((label, sum(len(r.generated_tokens) for r in out.values()) / wall, f"wall {wall:.1f}s"))
+            except Exception as exc:  # noqa: BLE001 - an optional baseline; say why it is missing
+                rows.append((label, 0.0, f"unavailable: {exc.__class__.__name__}: {str(exc)[:70]}"))
 
-        try:
-            cfg = GenerationConfig(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                                   do_sample=False, eos_token_id=-1, pad_token_id=tok.pad_token_id)
-            inputs = [tok(t)["input_ids"] for t in texts]
-            t0 = time.monotonic()
-            out = model.generate_batch(inputs=inputs, generation_config=cfg)
-            sync()
-            wall = time.monotonic() - t0
-            toks = sum(len(r.generated_tokens) for r in out.values())
-            rows.append(("transformers generate_batch (continuous)", args.jobs, toks / wall, wall, wall,
-                         "in-process"))
-        except Exception as exc:  # noqa: BLE001 - an optional baseline; say why it is missing
-            rows.append(("transformers generate_batch (continuous)", 0, 0.0, 0.0, 0.0,
-                         f"unavailable: {exc.__class__.__name__}: {str(exc)[:60]}"))
-    cache.close()
+    base = rows[0][1]
+    print(f"\n{'path':<44} {'tokens/s':>10} {'engine is':>10}  note")
+    for label, tps, note in rows:
+        ratio = f"{base / tps:.2f}x" if tps else "-"
+        print(f"{label:<44} {tps:>10.1f} {ratio:>10}  {note}")
 
 
 if __name__ == "__main__":
