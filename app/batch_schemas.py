@@ -32,7 +32,8 @@ class GenerateTask(_Strict):
 
 class ClassifyTask(_Strict):
     type: Literal["classify"]
-    labels: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(min_length=2, max_length=64)
+    labels: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(None, min_length=2,
+                                                                                     max_length=64)
     instruction: str = Field("Classify the text.", max_length=2_000)
 
     @field_validator("labels")
@@ -41,6 +42,9 @@ class ClassifyTask(_Strict):
         if len(set(v)) != len(v):
             raise ValueError("labels must be unique")
         return v
+    """On a causal LM: zero-shot, the label most likely after the instruction (labels required). On a fine-tuned
+    classifier: its own labels with probabilities (labels, if given, narrow them)."""
+
 
 
 class ExtractTask(_Strict):
@@ -49,10 +53,16 @@ class ExtractTask(_Strict):
 
     @field_validator("fields")
     @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
+    def _unique(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
             raise ValueError("fields must be unique")
         return v
+class NerTask(_Strict):
+    """Entities (type, text, start, end, score) of each document, from a fine-tuned token classifier."""
+
+    type: Literal["ner"]
+
+
 
 
 class EmbedTask(_Strict):
@@ -60,7 +70,7 @@ class EmbedTask(_Strict):
     normalize: bool = True
 
 
-Task = Annotated[GenerateTask | ClassifyTask | ExtractTask | EmbedTask, Field(discriminator="type")]
+Task = Annotated[GenerateTask | ClassifyTask | ExtractTask | EmbedTask | NerTask, Field(discriminator="type")]
 
 
 class _TaskHolder(_Strict):
@@ -76,9 +86,12 @@ class NoParams(_Strict):
 
 
 TASK_PARAMS: dict[str, type[BaseModel]] = {
-    "generate": GenerateParams, "extract": ExtractParams, "classify": NoParams, "embed": NoParams,
+    "generate": GenerateParams, "extract": ExtractParams, "classify": NoParams, "embed": NoParams, "ner": NoParams,
 }
-TASK_MODEL_KIND = {"generate": "causal-lm", "classify": "causal-lm", "extract": "causal-lm", "embed": "embedding"}
+TASK_MODEL_KINDS: dict[str, tuple[str, ...]] = {
+    "generate": ("causal-lm",), "classify": ("causal-lm", "classifier"), "extract": ("causal-lm",),
+    "embed": ("embedding",), "ner": ("token-classifier",),
+}
 
 
 class BatchCreate(_Strict):

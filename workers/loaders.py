@@ -6,7 +6,6 @@ the model directory); loading that directory is then the same for every source.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.util
 import json
@@ -21,7 +20,6 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from app import plugins
 from workers.engines.locks import BUILD_LOCK  # noqa: F401 - re-exported: every model build holds it
 from workers.errors import JobFailure
 
@@ -145,30 +143,20 @@ LOADERS: dict[str, Loader] = {
 }
 
 
-@functools.cache
-def plugin_loaders() -> dict[str, Loader]:
-    """Loaders from installed packages (entry points `llmos.loaders`, named by the source type they read), found
-    once per process; one that is broken, not a loader or takes a built-in name is logged and skipped."""
-    out: dict[str, Loader] = {}
-    for p in plugins.discover("llmos.loaders"):
-        if p.error:
-            continue
-        try:
-            obj = p.obj() if isinstance(p.obj, type) else p.obj
-        except Exception as exc:  # a broken plugin never stops the worker
-            plugins.skip(p, f"{exc.__class__.__name__}: {exc}")
-            continue
-        if p.name in LOADERS:
-            plugins.skip(p, f"source type {p.name!r} is built in")
-        elif not callable(getattr(obj, "materialise", None)):
-            plugins.skip(p, f"{p.value} has no materialise(*, name, source, config, model_dir) method")
-        else:
-            out[p.name] = obj
-    return out
+BUILT_IN = tuple(LOADERS)
+
+
+def add_loader(name: str, loader: Any) -> None:
+    """A loader for registry entries of source type `name` (plugins, entry points `llmos.loaders`)."""
+    if name in BUILT_IN:
+        raise ValueError(f"source type {name!r} is built in")
+    if not callable(getattr(loader, "materialise", None)):
+        raise ValueError(f"{loader!r} has no materialise(*, name, source, config, model_dir) method")
+    LOADERS[name] = loader
 
 
 def materialise(*, name: str, source_type: str, source: str, config: dict[str, Any], model_dir: Path) -> Path:
-    loader = LOADERS.get(source_type) or plugin_loaders().get(source_type)
+    loader = LOADERS.get(source_type)
     if loader is None:
         raise JobFailure("model_not_found", f"model {name!r} has unknown source type {source_type!r}")
     with BUILD_LOCK:

@@ -13,11 +13,18 @@ from typing import Any
 
 import torch
 from sqlalchemy.orm import Session
-from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+)
 
 from app.models import ModelEntry
 from workers import loaders
 from workers.engines.embedding import EmbeddingEngine
+from workers.engines.encoder import EncoderEngine
 from workers.engines.generation import GenerationEngine
 from workers.errors import JobFailure
 
@@ -55,7 +62,7 @@ class LoadedModel:
     name: str
     model: Any
     tokenizer: Any
-    engine: GenerationEngine | EmbeddingEngine
+    engine: GenerationEngine | EmbeddingEngine | EncoderEngine
     bytes: int
     load_seconds: float
     max_positions: int | None
@@ -80,7 +87,7 @@ class ModelCache:
             return [n for name, m in self._models.items() for n in (name, *m.adapters)]
 
     def get(self, spec: ModelSpec) -> LoadedModel:
-        if spec.base is not None:
+        if spec.base is not None and spec.kind == "causal-lm":  # fine-tuned encoders are whole models
             return self._get_adapter(spec)
         with self._lock:
             hit = self._models.get(spec.name)
@@ -127,7 +134,8 @@ class ModelCache:
         path = loaders.materialise(name=spec.name, source_type=spec.source_type, source=spec.source,
                                    config=spec.config, model_dir=self.model_dir)
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-        auto = AutoModel if spec.kind == "embedding" else AutoModelForCausalLM
+        auto = {"embedding": AutoModel, "classifier": AutoModelForSequenceClassification,
+                "token-classifier": AutoModelForTokenClassification}.get(spec.kind, AutoModelForCausalLM)
         try:
             with loaders.BUILD_LOCK:
                 tokenizer = AutoTokenizer.from_pretrained(path)
@@ -143,8 +151,11 @@ class ModelCache:
         seconds = time.monotonic() - t0
         log.info("model=%s cold load %.1fs %.0f MB on %s", spec.name, seconds, size / 1e6, self.device)
         max_pos = getattr(model.config, "max_position_embeddings", None)
-        engine: GenerationEngine | EmbeddingEngine
-        if spec.kind == "embedding":
+        engine: GenerationEngine | EmbeddingEngine | EncoderEngine
+        if spec.kind in ("classifier", "token-classifier"):
+            engine = EncoderEngine(model, tokenizer, kind=spec.kind, device=self.device, max_batch=self.max_batch,
+                                   max_length=min(max_pos or 512, 512), name=spec.name)
+        elif spec.kind == "embedding":
             engine = EmbeddingEngine(model, tokenizer, device=self.device, max_batch=self.max_batch,
                                      max_length=min(max_pos or 512, 512), name=spec.name)
         else:

@@ -20,6 +20,7 @@ from app.models import utcnow
 from app.platform import Platform
 from app.services import workers
 from app.services.lookups import TTLCache
+from workers import loaders
 from workers.hardware import GIB, Hardware
 from workers.model_cache import ModelCache, ModelSpec, spec_for
 
@@ -54,6 +55,12 @@ class WorkerRuntime:
         cache = ModelCache(model_dir=s.model_dir, device=hardware.device, budget_bytes=budget,
                            max_batch=s.worker_max_batch)
         worker_id = f"llmos-{hardware.gpu_type}-{os.getpid()}@{socket.gethostname()}"
+        for p in plugins.discover("llmos.loaders"):
+            if p.error is None:
+                try:
+                    loaders.add_loader(p.name, p.obj() if isinstance(p.obj, type) else p.obj)
+                except Exception as exc:  # a broken plugin never stops the worker
+                    plugins.skip(p, f"{exc.__class__.__name__}: {exc}")
         hooks = [p for p in plugins.discover("llmos.hooks") if p.error is None]
         return cls(platform=platform, hardware=hardware, worker_id=worker_id, queues=queues, cache=cache,
                    training_slot=threading.Semaphore(s.finetune_concurrency), hooks=hooks)

@@ -71,6 +71,8 @@ BUILTIN = (
     "app.kinds.finetune:KIND",
     "app.kinds.echo:KIND",
     "app.kinds.batch:KIND",
+    "app.kinds.classify:KIND",
+    "app.kinds.ner:KIND",
 )
 
 log = logging.getLogger(__name__)

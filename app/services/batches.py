@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import exists, insert, select, update
 from sqlalchemy.orm import Session
 
-from app.batch_schemas import TASK_MODEL_KIND, Document, ValidatedBatch
+from app.batch_schemas import TASK_MODEL_KINDS, Document, ValidatedBatch
 from app.db import Database, rowcount
 from app.errors import InvalidInput, NotFound
 from app.jobs import kinds, lifecycle
@@ -72,10 +72,13 @@ def submit_batch(*, db: Database, lookups: Lookups, settings: Settings, owner_id
     if entry is None:
         raise InvalidInput(f"model {env.model!r} is not in the registry; GET /models lists them",
                            field="model", code="model_not_found")
-    wanted_kind = TASK_MODEL_KIND[spec.task["type"]]
-    if entry.kind != wanted_kind:
+    wanted = TASK_MODEL_KINDS[spec.task["type"]]
+    if entry.kind not in wanted:
         raise InvalidInput(f"model {env.model!r} is a {entry.kind} model; {spec.task['type']} needs a "
-                           f"{wanted_kind} model", field="model")
+                           f"{' or '.join(wanted)} model", field="model")
+    if spec.task["type"] == "classify" and entry.kind == "causal-lm" and not spec.task.get("labels"):
+        raise InvalidInput("task.labels: field required (zero-shot classification on a causal LM)",
+                           field="task.labels")
     size = env.chunk_size or settings.batch_chunk_size
     items = [ItemRow(d.custom_id, d.text, d.extra, i // size) for i, d in enumerate(documents)]
     return open_batch(db=db, lookups=lookups, settings=settings, owner_id=owner_id, task=spec.task,

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import InvalidInput, NotFound
 from app.jobs import lifecycle
+from app.kinds.finetune import ENCODER_METHODS
 from app.models import Checkpoint, File, Job, ModelEntry
 from app.services import datasets
 from app.services.lookups import forget
@@ -54,9 +55,15 @@ def check_submission(*, session: Session, settings: Settings, owner_id: int, bas
     if base.base_model is not None:
         raise InvalidInput(f"model {base.name!r} is itself fine-tuned; fine-tune its base {base.base_model!r}",
                            field="model")
+    method = params.get("method", "lora")
+    wanted = "causal-lm" if method == "lora" else "embedding"
+    if base.kind != wanted:
+        raise InvalidInput(f"model {base.name!r} is a {base.kind} model; method {method!r} trains a {wanted} model"
+                           + (" (an encoder)" if wanted == "embedding" else ""), field="model")
     if len(model_name(base.name, params.get("suffix"), "job_" + "0" * 8)) > 200:
         raise InvalidInput("the fine-tuned model's name would be longer than 200 characters; shorten the suffix",
                            field="params.suffix")
+    labels: dict[str, tuple[str, ...]] = {}
     for field in FILE_FIELDS:
         if input.get(field) is None:
             continue
@@ -64,12 +71,29 @@ def check_submission(*, session: Session, settings: Settings, owner_id: int, bas
         if row.bytes > settings.finetune_check_max_bytes:
             continue  # the worker checks it before training
         try:
-            datasets.check_file(Path(row.path))
+            labels[field] = datasets.check_file(Path(row.path), method).labels
+            check_labels(method, labels)
         except datasets.DatasetError as exc:
             raise InvalidInput(f"{field} {row.id}: {exc}", field=f"input.{field}", code="invalid_file") from None
         except OSError as exc:
             raise InvalidInput(f"{field} {row.id} cannot be read: {exc.strerror}", field=f"input.{field}",
                                code="invalid_file") from None
+
+
+def check_labels(method: str, labels: dict[str, tuple[str, ...]]) -> None:
+    """Encoder methods: enough classes to learn, and none in the validation file that training never shows.
+    `labels`: the labels (or entity types) of each file checked, by field."""
+    train = labels.get("training_file")
+    if method == "lora" or train is None:
+        return
+    if method == "classification" and len(train) < 2:
+        raise datasets.DatasetError(None, f"classification needs at least 2 labels; the file has {list(train)}")
+    if method == "token_classification" and not train:
+        raise datasets.DatasetError(None, "no entity tags in the file (every tag is 'O')")
+    unseen = sorted(set(labels.get("validation_file", ())) - set(train))
+    if unseen:
+        what = "labels" if method == "classification" else "entity types"
+        raise datasets.DatasetError(None, f"{what} {unseen} are not in the training file")
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------------
@@ -120,6 +144,17 @@ def register_model(session: Session, *, job_id: str, output: dict[str, Any], ada
     job = session.get(Job, job_id)
     assert job is not None and job.model is not None
     base = session.get(ModelEntry, job.model)
+    method = output.get("method", "lora")
+    if method in ENCODER_METHODS:  # a whole model directory (LoRA merged in), served on its own
+        session.add(ModelEntry(
+            name=output["model"], kind=ENCODER_METHODS[method], source_type="hf_dir", source=adapter_path,
+            base_model=job.model, adapter_path=adapter_path, default_gpu=base.default_gpu if base else None,
+            owner_id=job.owner_id, job_id=job_id,
+            config={"method": method, "labels": output["labels"], "tuning": job.params.get("tuning") or "full"},
+        ))
+        session.flush()
+        forget(session, f"model:{output['model']}")
+        return
     session.add(ModelEntry(
         name=output["model"], kind="causal-lm", source_type="adapter", source=adapter_path, base_model=job.model,
         adapter_path=adapter_path, default_gpu=base.default_gpu if base else None, owner_id=job.owner_id,

@@ -13,7 +13,7 @@ from app.models import ModelEntry
 from app.services.lookups import forget
 
 SOURCE_TYPES = ("hf_dir", "gguf", "package", "random", "adapter")
-MODEL_KINDS = ("causal-lm", "embedding")
+MODEL_KINDS = ("causal-lm", "embedding", "classifier", "token-classifier")
 
 TINY_LLAMA_CONFIG: dict[str, Any] = {
     "architecture": "llama",

@@ -115,18 +115,8 @@ class LoraTrainer:
         self.params = params
         self.train, self.valid, self.pad_id = train, valid, pad_id
         self.autocast = self.device.type == "cuda"
-        dtype = torch.bfloat16 if self.autocast else torch.float32
-        lora = params["lora"]
-        config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                            target_modules=lora.get("target_modules") or "all-linear", task_type="CAUSAL_LM")
         with BUILD_LOCK:
-            base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
-            base.config.use_cache = False
-            torch.manual_seed(params["seed"])  # the adapter's initial weights
-            try:
-                self.model = get_peft_model(base, config).to(self.device)
-            except ValueError as exc:  # e.g. target modules that the model does not have
-                raise JobFailure("invalid_input", f"params.lora: {exc}") from None
+            self.model = self.build(base_path).to(self.device)
         self.model.train()
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.trainable_params = sum(p.numel() for p in trainable)
@@ -141,6 +131,16 @@ class LoraTrainer:
         self.train_seconds = 0.0
         self.last_metrics: dict[str, Any] = {}
         self._order: tuple[int, list[int]] = (0, [])
+
+    def build(self, base_path: Path) -> Any:
+        """The model to train (called under BUILD_LOCK): the base with LoRA adapters."""
+        lora = self.params["lora"]
+        config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                            target_modules=lora.get("target_modules") or "all-linear", task_type="CAUSAL_LM")
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.bfloat16 if self.autocast else
+                                                    torch.float32)
+        base.config.use_cache = False
+        return peft_model(base, config, self.params["seed"])
 
     # ---- batches
 
@@ -222,8 +222,7 @@ class LoraTrainer:
                     "tokens_per_second": round(window_tokens / window_seconds, 1) if window_seconds else None,
                     "trained_tokens": self.trained_tokens,
                 }
-                if self.valid:
-                    metrics["valid_loss"] = round(self.validation_loss(), 6)
+                metrics.update(self.validation(epoch_end or step == self.total_steps))
                 self.last_metrics = metrics
                 hooks.log(metrics)
                 window_loss, window_steps, window_tokens, window_seconds = 0.0, 0, 0, 0.0
@@ -232,6 +231,10 @@ class LoraTrainer:
             elif ckpt_every and step % ckpt_every == 0:
                 hooks.checkpoint("interval")
         return self.last_metrics
+
+    def validation(self, epoch_end: bool) -> dict[str, Any]:
+        """Validation metrics for a progress event (every log_every_steps; `epoch_end` at each epoch's end)."""
+        return {"valid_loss": round(self.validation_loss(), 6)} if self.valid else {}
 
     @torch.no_grad()
     def validation_loss(self) -> float:
@@ -253,7 +256,7 @@ class LoraTrainer:
     def save(self, path: Path) -> None:
         """A checkpoint: the adapter (peft format, loadable on its own) and the optimizer/scheduler/step state."""
         tmp = _tmp_dir(path)
-        self.model.save_pretrained(tmp)
+        self.save_weights(tmp)
         torch.save({"step": self.step, "trained_tokens": self.trained_tokens, "train_seconds": self.train_seconds,
                     "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                     "rng": torch.get_rng_state(), "metrics": self.last_metrics}, tmp / STATE_FILE)
@@ -264,9 +267,16 @@ class LoraTrainer:
         self.model.save_pretrained(tmp)
         _publish(tmp, path)
 
+    def save_weights(self, path: Path) -> None:
+        """What a checkpoint keeps of the model: the adapter (peft format, loadable on its own)."""
+        self.model.save_pretrained(path)
+
+    def load_weights(self, path: Path) -> None:
+        set_peft_model_state_dict(self.model, load_peft_weights(str(path), device=str(self.device)))
+
     def resume(self, path: Path) -> None:
         try:
-            set_peft_model_state_dict(self.model, load_peft_weights(str(path), device=str(self.device)))
+            self.load_weights(path)
             state = torch.load(path / STATE_FILE, map_location=self.device, weights_only=True)
         except (OSError, RuntimeError) as exc:
             raise JobFailure("internal", f"checkpoint {path} could not be loaded: {exc}") from None
@@ -275,6 +285,14 @@ class LoraTrainer:
         torch.set_rng_state(state["rng"].cpu())
         self.step, self.trained_tokens = state["step"], state["trained_tokens"]
         self.train_seconds, self.last_metrics = state["train_seconds"], state.get("metrics") or {}
+
+
+def peft_model(base: Any, config: LoraConfig, seed: int) -> Any:
+    torch.manual_seed(seed)  # the adapter's initial weights
+    try:
+        return get_peft_model(base, config)
+    except ValueError as exc:  # e.g. target modules that the model does not have
+        raise JobFailure("invalid_input", f"params.lora: {exc}") from None
 
 
 def _tmp_dir(path: Path) -> Path:

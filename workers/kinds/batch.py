@@ -1,7 +1,8 @@
 """batch: one chunk job runs a chunk of a batch's documents through the model together.
 
 generate and extract hand every request of the chunk to the engine at once, so they share forward passes;
-classify scores every (document, label) pair in padded batches; embed embeds the chunk in padded batches.
+classify scores every (document, label) pair in padded batches, or on a fine-tuned classifier runs the chunk
+through its engine (as ner does on a token classifier); embed embeds the chunk in padded batches.
 A document that cannot run (template field missing, too long for the model) fails alone with its reason.
 """
 
@@ -22,6 +23,7 @@ from app.services.batches import ChunkWork, ItemResult
 from app.services.openai import completions
 from workers import kinds
 from workers.engines.embedding import EmbeddingEngine
+from workers.engines.encoder import EncoderEngine
 from workers.engines.generation import GenerationEngine, GenRequest
 from workers.errors import JobFailure
 from workers.kinds import JobContext, Outcome
@@ -219,7 +221,44 @@ def run_classify(work: ChunkWork, loaded: LoadedModel, rt: WorkerRuntime, cancel
         raise JobFailure("cancelled", "worker stopping")
     scores = score_continuations(loaded, rows, rt.platform.settings.worker_max_batch) if rows else []
     per_doc: dict[int, list[float]] = {}
+def _encoder_texts(work: ChunkWork, rt: WorkerRuntime) -> tuple[dict[int, ItemResult], list[Item]]:
+    """The documents an encoder can take, and a failed result for each one over the length limit."""
+    limit = rt.platform.settings.max_prompt_chars
+    failed = {item[0]: ItemResult(item[0], error_code="invalid_input",
+                                  error_message=f"the text is {len(item[2])} characters; the limit is {limit}")
+              for item in work.items if len(item[2]) > limit}
+    return failed, [item for item in work.items if item[0] not in failed]
+
+
+def run_encoder_classify(work: ChunkWork, engine: EncoderEngine, rt: WorkerRuntime) -> list[ItemResult]:
+    """A fine-tuned classifier: the chunk's texts through its engine together; labels with probabilities
+    (narrowed to task.labels when given, renormalised)."""
+    wanted = work.task.get("labels")
+    unknown = sorted(set(wanted or ()) - set(engine.labels))
+    if unknown:
+        raise JobFailure("invalid_input", f"task.labels {unknown} are not labels of model {engine.name!r}; it "
+                         f"knows {engine.labels}")
+    out, todo = _encoder_texts(work, rt)
+    for item, scores in zip(todo, engine.classify([t for _i, _c, t, _e in todo]), strict=True):
+        if wanted:
+            total = sum(scores[label] for label in wanted) or 1.0
+            scores = {label: round(p / total, 6) for label, p in scores.items() if label in wanted}
+        out[item[0]] = ItemResult(item[0], output={"label": next(iter(scores)), "scores": scores})
+    return [out[item[0]] for item in work.items]
+
+
+def run_ner(work: ChunkWork, loaded: LoadedModel, rt: WorkerRuntime, cancel: Any) -> list[ItemResult]:
+    if not isinstance(loaded.engine, EncoderEngine) or loaded.engine.kind != "token-classifier":
+        raise JobFailure("invalid_input", f"model {loaded.name!r} is not a token classifier")
+    out, todo = _encoder_texts(work, rt)
+    for item, ents in zip(todo, loaded.engine.entities([t for _i, _c, t, _e in todo]), strict=True):
+        out[item[0]] = ItemResult(item[0], output={"entities": ents})
+    return [out[item[0]] for item in work.items]
+
+
     for idx, s in zip(owners, scores, strict=True):
+    if isinstance(loaded.engine, EncoderEngine) and loaded.engine.kind == "classifier":
+        return run_encoder_classify(work, loaded.engine, rt)
         per_doc.setdefault(idx, []).append(s)
     for idx, ss in per_doc.items():
         best = max(range(len(labels)), key=lambda i: ss[i])
@@ -311,5 +350,5 @@ def _openai_embed(work: ChunkWork, loaded: LoadedModel, items: list[tuple[int, d
 
 PROCESSORS: dict[str, Callable[[ChunkWork, LoadedModel, WorkerRuntime, Any], list[ItemResult]]] = {
     "generate": run_generate, "extract": run_extract, "classify": run_classify, "embed": run_embed,
-    "openai": run_openai,
+    "openai": run_openai, "ner": run_ner,
 }
