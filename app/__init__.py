@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from flask import Flask
@@ -26,16 +27,17 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     db = Database(settings.database_url, bus=bus, pool_size=settings.db_pool_size)
     publisher = Publisher(celery, settings.broker_url)
     app.extensions["llmos"] = Platform(settings=settings, db=db, publisher=publisher, bus=bus,
-                                       dispatcher=Dispatcher(db, publisher), waiters=Waiters(bus, ENDED),
-                                       lookups=Lookups(bus), streams=Streams(bus, ENDED))
+                                       dispatcher=Dispatcher(db, publisher),
+                                       waiters=Waiters(bus, ENDED, settings.max_waiting), lookups=Lookups(bus),
+                                       streams=Streams(bus, ENDED))
     from app.api import init_api
-    from app.api.ops import init_ops  # request ids, access log, /metrics, /readyz (first: every request gets an id)
     from app.api.limits import init_limits
+    from app.api.ops import init_ops  # request ids, access log, /metrics, /readyz (first: every request gets an id)
 
     init_ops(app)
     init_api(app)
     init_limits(app)
-    logging.getLogger("llmos").setLevel(logging.INFO)
+    logging.getLogger("llmos").setLevel(os.environ.get("LLMOS_LOG_LEVEL", "INFO").upper())
     return app
 
 

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -15,10 +16,12 @@ from typing import Any
 
 import click
 
+from app import cli_ops
 from app.settings import load_settings
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="llmos", message="llmos %(version)s")
 def main() -> None:
     """LLM OS: a self-hosted job platform for LLM work."""
 
@@ -168,7 +171,7 @@ def plugins_cmd() -> None:
 
 
 @plugins_cmd.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="as JSON")
 def plugins_list(as_json: bool) -> None:
     """Every plugin entry point installed, loaded: what it adds, or why it is skipped."""
     from app import plugins
@@ -198,7 +201,8 @@ def models() -> None:
 @models.command("add")
 @click.argument("name")
 @click.argument("path", type=click.Path(exists=True))
-@click.option("--kind", default="causal-lm", type=click.Choice(["causal-lm", "embedding"]))
+@click.option("--kind", default="causal-lm", type=click.Choice(["causal-lm", "embedding"]), show_default=True,
+              help="a text generator or an embedding model")
 @click.option("--default-gpu", default=None, help="GPU type jobs for this model ask for by default")
 @click.option("--replace", is_flag=True, help="replace an existing entry of that name")
 def models_add(name: str, path: str, kind: str, default_gpu: str | None, replace: bool) -> None:
@@ -256,12 +260,15 @@ def _metrics_dir() -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1")
-@click.option("--port", default=8000, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on (0.0.0.0: every one)")
+@click.option("--port", default=8000, type=int, show_default=True, help="port to listen on")
 @click.option("--workers", default=2, type=int, help="gunicorn worker processes")
-@click.option("--threads", default=16, type=int, help="threads per process (long-polls hold one each)")
+@click.option("--threads", default=300, type=int,
+              help="threads per process; a waiting long-poll holds one (blocked, no CPU), and 16 are always kept "
+                   "for everything else (LLMOS_MAX_WAITING defaults to threads - 16)")
 def api(host: str, port: int, workers: int, threads: int) -> None:
     """Serve the HTTP API with gunicorn."""
+    os.environ.setdefault("LLMOS_MAX_WAITING", str(max(1, threads - 16)))  # long-polls never take every thread
     _metrics_dir()
     argv = _gunicorn_argv(host, port, workers, threads)
     os.execv(argv[0], argv)
@@ -271,7 +278,8 @@ def api(host: str, port: int, workers: int, threads: int) -> None:
 @click.option("--gpu-type", default=None, help="override the detected GPU type (h100, a100-80gb, cpu, ...)")
 @click.option("--queues", default=None, help="comma-separated queues; default <kind>.<gpu type> and <kind>.any")
 @click.option("--concurrency", default=None, type=int, help="task threads (requests the engine can batch)")
-@click.option("--loglevel", default="INFO")
+@click.option("--loglevel", default="INFO", show_default=True, help="DEBUG, INFO, WARNING or ERROR "
+              "(LLMOS_LOG_LEVEL wins; LLMOS_LOG_FORMAT=json|text picks the format)")
 def worker(gpu_type: str | None, queues: str | None, concurrency: int | None, loglevel: str) -> None:
     """Run a worker: consume the queues this hardware serves, keep models warm, store results."""
     from workers.main import run_worker
@@ -338,70 +346,110 @@ def _wait_healthy(base: str, procs: list[subprocess.Popen], timeout: float = 60)
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1")
-@click.option("--port", default=8000, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, help="address the API listens on")
+@click.option("--port", default=8000, type=int, show_default=True, help="port the API listens on")
 @click.option("--demo", is_flag=True, help="once up, submit one SmolLM2 job and print its result")
 def dev(host: str, port: int, demo: bool) -> None:
     """API + worker + scheduler (in this process) on this machine with no services: SQLite and a filesystem
-    broker under LLMOS_DATA_DIR."""
-    from app import create_app
+    broker in the data directory (LLMOS_DATA_DIR, default the per-user data directory). Ctrl-C stops all."""
+    from app import create_app, logging_setup
 
     settings = load_settings()
-    click.echo(f"data in {settings.data_dir} (database {settings.database_url}, broker {settings.broker_url})",
-               err=True)
+    quiet = demo and not os.environ.get("LLMOS_LOG_LEVEL")
+    if quiet:
+        os.environ["LLMOS_LOG_LEVEL"] = "WARNING"
+    logging_setup.configure("text" if not os.environ.get("LLMOS_LOG_FORMAT") else None)
+    _stage(f"data directory {settings.data_dir} (LLMOS_DATA_DIR moves it)")
     _upgrade()
-    env = dict(os.environ, LLMOS_DATA_DIR=str(settings.data_dir))
+    _stage("database at head")
+    env = dict(os.environ, LLMOS_DATA_DIR=str(settings.data_dir), LLMOS_DEV="1")
+    env.setdefault("LLMOS_SHUTDOWN_GRACE_S", "1")  # Ctrl-C: running jobs go back to the queue at once
+    if quiet:  # one line per stage: no log lines, warnings or progress bars from the children
+        env.update(PYTHONWARNINGS="ignore", TQDM_DISABLE="1",
+                   HF_HUB_DISABLE_PROGRESS_BARS="1", TRANSFORMERS_VERBOSITY="error")
+    # each child in its own session: the terminal's Ctrl-C reaches this process only, which stops them in order
     procs = [
-        subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env),
-        subprocess.Popen(_gunicorn_argv(host, port, 1, 16), env=env),
+        subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env, start_new_session=True),
+        subprocess.Popen(_gunicorn_argv(host, port, 1, 16), env=env, start_new_session=True),
     ]
-
-    def _stop(*_: Any) -> None:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
     sched = _scheduler(create_app().extensions["llmos"])
     sched.start()
 
     def _terminate(*_: Any) -> None:
-        _stop()
-        sys.exit(0)
+        raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
     try:
         base = f"http://{host}:{port}"
         _wait_healthy(base, procs)
-        click.echo(f"LLM OS is up at {base}", err=True)
+        _stage(f"LLM OS is up at {base} (API, worker, scheduler; the dashboard at {base}/ui); Ctrl-C stops it")
         if demo:
-            _demo(base)
+            _demo(base, settings)
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
         raise click.ClickException("a platform process exited")
     except KeyboardInterrupt:
         pass
     finally:
-        sched.stop()
-        _stop()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        sched.request_stop()
+        _stop_all(procs, within=3.0)
+        stopper = threading.Thread(target=sched.stop, daemon=True)  # a pass in flight may not hold the exit
+        stopper.start()
+        stopper.join(timeout=1.0)
+        _stage("stopped")
 
 
-def _demo(base: str) -> None:
+def _stage(line: str) -> None:
+    click.echo(f"llmos dev: {line}", err=True)
+
+
+def _stop_all(procs: list[subprocess.Popen], within: float) -> None:
+    """SIGTERM every child's process group, then SIGKILL what is still there after `within` seconds."""
+    for p in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + within
+    for p in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+    for p in procs:  # gunicorn's workers and anything else a child started live in its group
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(p.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout=1)
+
+
+def _demo_key(base: str, settings: Any) -> str:
+    """The demo owner's key, kept (mode 0600) in the data directory and reused while it still works."""
+    path = settings.data_dir / "demo.key"
+    if path.exists():
+        key = path.read_text().strip()
+        try:
+            _http("GET", f"{base}/jobs?limit=1", key)
+            return key
+        except urllib.error.HTTPError:
+            pass
     key = _create_key("demo")
-    click.echo(f"demo API key (owner 'demo'): {key}", err=True)
+    path.touch(mode=0o600)
+    path.write_text(key + "\n")
+    return key
+
+
+def _demo(base: str, settings: Any) -> None:
+    key = _demo_key(base, settings)
+    _stage(f"demo API key (owner 'demo', kept in {settings.data_dir / 'demo.key'}): {key}")
     job = _http("POST", f"{base}/jobs", key, {
         "kind": "generate", "model": "smollm2-135m-instruct",
         "input": {"messages": [{"role": "user", "content": "What is the capital of France?"}]},
         "params": {"max_new_tokens": 32, "temperature": 0},
     })
-    click.echo(f"submitted {job['id']} ({job['status']}); the first run converts the model once (~40 s)",
-               err=True)
+    converted = (settings.model_dir / "smollm2-135m-instruct" / "config.json").exists()
+    note = "" if converted else "; this first run converts the model once (~40 s on two CPU cores)"
+    _stage(f"submitted {job['id']}{note}")
     while job["status"] not in ("succeeded", "failed", "cancelled"):
         job = _http("GET", f"{base}/jobs/{job['id']}?wait=60", key)
+    _stage(f"{job['id']} {job['status']}")
     click.echo(json.dumps({k: job[k] for k in ("id", "status", "output", "usage", "error")}, indent=2))
 
 
@@ -489,16 +537,17 @@ _key_opt = click.option("--key", envvar="LLMOS_API_KEY", default=None, help="API
 @batch.command("submit")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--task", "task_name", required=True,
-              type=click.Choice(["summarize", "generate", "classify", "extract", "embed"]))
+              type=click.Choice(["summarize", "generate", "classify", "extract", "embed"]),
+              help="what to do with each document")
 @click.option("--model", default=None, help="registry name (default smollm2-135m-instruct; all-minilm-l6-v2 for embed)")
 @click.option("--template", default=None, help="generate/summarize: prompt template with {text} and document fields")
 @click.option("--labels", default=None, help="classify: comma-separated labels")
 @click.option("--fields", default=None, help="extract: comma-separated field names")
-@click.option("--max-new-tokens", type=int, default=None)
-@click.option("--temperature", type=float, default=None)
-@click.option("--gpu", default=None)
-@click.option("--priority", type=int, default=None)
-@click.option("--chunk-size", type=int, default=None)
+@click.option("--max-new-tokens", type=int, default=None, help="longest generation per document")
+@click.option("--temperature", type=float, default=None, help="0 = greedy")
+@click.option("--gpu", default=None, help="GPU type for the chunks, or any")
+@click.option("--priority", type=int, default=None, help="0-9, 9 most urgent")
+@click.option("--chunk-size", type=int, default=None, help="documents per worker message")
 @click.option("--wait", is_flag=True, help="show progress until the batch ends, then write the output file")
 @click.option("--output", "output_path", default=None, help="output path for --wait (default <id>_output.jsonl)")
 @_url_opt
@@ -564,6 +613,10 @@ def batch_status(batch_id: str, url: str | None, key: str | None) -> None:
     keys = ("id", "status", "model", "task", "request_counts", "progress", "output_file_id", "error_file_id", "error",
             "created_at", "finished_at")
     click.echo(json.dumps({k: b.get(k) for k in keys}, indent=2))
+
+
+for _group in cli_ops.GROUPS:  # llmos jobs | files | batches | finetunes (app/cli_ops.py)
+    main.add_command(_group)
 
 
 if __name__ == "__main__":

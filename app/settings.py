@@ -9,11 +9,19 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def _user_data_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("llmos", appauthor=False))
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LLMOS_", extra="ignore")
 
     env: str = Field("development", description="development or production")
-    data_dir: Path = Field(Path(".llmos"), description="files of the embedded default: database, broker, models")
+    data_dir: Path = Field(default_factory=lambda: _user_data_dir(),
+                           description="files of the embedded default: database, broker, models; default the "
+                           "per-user data directory (~/.local/share/llmos on Linux), whatever the working directory")
     database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite under data_dir")
     broker_url: str = Field("", description="Celery broker URL; empty means kombu filesystem:// under data_dir")
     model_dir: Path | None = Field(None, description="converted/downloaded model files; default data_dir/models")

@@ -41,11 +41,14 @@ class JobList(AuthResource):
 
 
 class JobItem(AuthResource):
-    def get(self, job_id: str) -> dict:
+    def get(self, job_id: str) -> dict | tuple[dict, int, dict]:
         p = platform()
         wait = self.number_arg("wait", low=0, high=p.settings.max_wait_s)
         if wait:
-            job = jobs.wait_for_job(db=p.db, waiters=p.waiters, owner_id=self.owner_id, job_id=job_id, wait_s=wait)
+            job, waited = jobs.wait_for_job(db=p.db, waiters=p.waiters, owner_id=self.owner_id, job_id=job_id,
+                                            wait_s=wait)
+            if not waited:  # this process holds as many long-polls as it may: the job as it is, poll again soon
+                return job_public(job, self.base_url()), 200, {"Retry-After": "1", "X-Long-Poll": "full"}
         else:
             with p.db.session() as session:
                 job = jobs.get_job(session=session, owner_id=self.owner_id, job_id=job_id)
@@ -63,8 +66,11 @@ class JobEvents(AuthResource):
     def get(self, job_id: str) -> dict:
         limit, cursor = self.page_args()
         with platform().db.session() as session:
+            order = request.args.get("order", "desc")
+            if order not in ("asc", "desc"):
+                raise InvalidInput("order must be asc (oldest first) or desc (newest first)", field="order")
             rows, next_cursor = jobs.list_events(session=session, owner_id=self.owner_id, job_id=job_id,
-                                                 limit=limit, cursor=cursor)
+                                                 limit=limit, cursor=cursor, order=order)
             return {"data": [event_public(e) for e in rows], "next_cursor": next_cursor}
 
 

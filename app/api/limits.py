@@ -4,7 +4,9 @@ valid key are counted per client address. 429 with Retry-After and the RateLimit
 
 from __future__ import annotations
 
-from flask import Flask, request
+import time
+
+from flask import Flask, Response, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
@@ -37,11 +39,9 @@ def init_limits(app: Flask) -> Limiter:
     redis = s.broker_url.startswith(("redis://", "rediss://"))
     database = s.database_url.rsplit("/", 1)[-1].split("?")[0] or "embedded"
     app.config.update(
-        RATELIMIT_HEADERS_ENABLED=True,
-        RATELIMIT_HEADER_LIMIT="RateLimit-Limit",
-        RATELIMIT_HEADER_REMAINING="RateLimit-Remaining",
-        RATELIMIT_HEADER_RESET="RateLimit-Reset",
-        RATELIMIT_HEADER_RETRY_AFTER="Retry-After",
+        # the headers are written below: flask-limiter's own would also raise every other Retry-After (a 503's,
+        # a long-poll's) to the window's reset
+        RATELIMIT_HEADERS_ENABLED=False,
         RATELIMIT_KEY_PREFIX=f"llmos-rl:{database}",
         RATELIMIT_STORAGE_OPTIONS={"socket_timeout": 2, "socket_connect_timeout": 2} if redis else {},
         # Redis down: the API keeps serving, unlimited, rather than failing every request
@@ -53,6 +53,18 @@ def init_limits(app: Flask) -> Limiter:
     @limiter.request_filter
     def _exempt() -> bool:
         return request.path.startswith(EXEMPT)
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        current = limiter.current_limit
+        if current is not None:
+            left = max(0, int(current.reset_at - time.time()))
+            response.headers["RateLimit-Limit"] = str(current.limit.amount)
+            response.headers["RateLimit-Remaining"] = str(current.remaining)
+            response.headers["RateLimit-Reset"] = str(left)
+            if response.status_code == 429:
+                response.headers["Retry-After"] = str(max(1, left))
+        return response
 
     return limiter
 

@@ -204,14 +204,27 @@ def bus_for(broker_url: str, data_dir: Path, database_url: str = "") -> Bus:
 
 
 class Waiters:
-    """Long-poll waiters of this process, woken by the `ended` signal of their job."""
+    """Long-poll waiters of this process, woken by the `ended` signal of their job. At most `limit` wait at once
+    (each holds a server thread): `slot()` says whether one more may."""
 
-    def __init__(self, bus: Bus, channel: str) -> None:
+    def __init__(self, bus: Bus, channel: str, limit: int = 0) -> None:
         self.bus = bus
         self.channel = channel
         self._lock = threading.Lock()
         self._waiting: dict[str, list[threading.Event]] = {}
         self._subscribed = False
+        self._slots = threading.BoundedSemaphore(limit) if limit > 0 else None
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[bool]:
+        """True (and a slot held until the block ends) when one more long-poll may wait here; False when the
+        process already holds `limit` of them: the caller answers at once instead of taking another thread."""
+        got = self._slots.acquire(blocking=False) if self._slots is not None else True
+        try:
+            yield got
+        finally:
+            if got and self._slots is not None:
+                self._slots.release()
 
     @contextlib.contextmanager
     def watch(self, key: str) -> Iterator[threading.Event]:
@@ -233,6 +246,11 @@ class Waiters:
                     evs.remove(ev)
                 if not evs:
                     self._waiting.pop(key, None)
+
+    def waiting(self, key: str) -> int:
+        """How many long-polls of this process wait for `key` now."""
+        with self._lock:
+            return len(self._waiting.get(key, ()))
 
     def _wake(self, key: str) -> None:
         with self._lock:

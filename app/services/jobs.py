@@ -25,7 +25,7 @@ from app.models import Job, JobEvent, ModelEntry
 from app.queue import ANY, queue_name
 from app.schemas import DEFAULT_WEBHOOK_EVENTS, ValidatedJob
 from app.services.lookups import Lookups
-from app.services.pagination import page, paginate
+from app.services.pagination import page, paginate, paginate_oldest_first
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -211,28 +211,37 @@ def list_jobs(
 
 
 def list_events(
-    *, session: Session, owner_id: int, job_id: str, limit: int, cursor: str | None,
+    *, session: Session, owner_id: int, job_id: str, limit: int, cursor: str | None, order: str = "desc",
 ) -> tuple[list[JobEvent], str | None]:
+    """A job's timeline: newest first, or `order="asc"` oldest first."""
     get_job(session=session, owner_id=owner_id, job_id=job_id)
-    stmt = paginate(select(JobEvent).where(JobEvent.job_id == job_id), created=JobEvent.created_at,
-                    key=JobEvent.id, cursor=cursor, limit=limit)
+    how = paginate_oldest_first if order == "asc" else paginate
+    stmt = how(select(JobEvent).where(JobEvent.job_id == job_id), created=JobEvent.created_at,
+               key=JobEvent.id, cursor=cursor, limit=limit)
     return page(list(session.scalars(stmt)), limit, "created_at", "id")
 
 
-def wait_for_job(*, db: Database, waiters: Waiters, owner_id: int, job_id: str, wait_s: float) -> Job:
+def wait_for_job(*, db: Database, waiters: Waiters, owner_id: int, job_id: str, wait_s: float,
+                 bounded: bool = True) -> tuple[Job, bool]:
     """Long-poll: return as soon as the job ends (woken by its `ended` signal), or after wait_s. No connection
-    is held while waiting. Where no signal reaches this process the job is re-read every POLL_S."""
+    is held while waiting. Where no signal reaches this process the job is re-read every POLL_S. A `bounded`
+    wait takes one of the process's long-poll slots; with none free it answers at once. Returns the job and
+    whether it waited."""
     deadline = time.monotonic() + wait_s
-    with waiters.watch(job_id) as ended:
-        while True:
+    with waiters.slot() as free:
+        if bounded and not free:
             with db.session() as session:
-                job = get_job(session=session, owner_id=owner_id, job_id=job_id)
-            left = deadline - time.monotonic()
-            if job.status in TERMINAL or left <= 0:
-                return job
-            ended.wait(min(left, 5.0) if waiters.bus.live else min(POLL_S, left))
-            if ended.is_set():
-                ended.clear()
+                return get_job(session=session, owner_id=owner_id, job_id=job_id), False
+        with waiters.watch(job_id) as ended:
+            while True:
+                with db.session() as session:
+                    job = get_job(session=session, owner_id=owner_id, job_id=job_id)
+                left = deadline - time.monotonic()
+                if job.status in TERMINAL or left <= 0:
+                    return job, True
+                ended.wait(min(left, 5.0) if waiters.bus.live else min(POLL_S, left))
+                if ended.is_set():
+                    ended.clear()
 
 
 def cancel_job(*, session: Session, owner_id: int, job_id: str) -> Job:

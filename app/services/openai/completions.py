@@ -230,7 +230,8 @@ def wait(*, db: Database, waiters: Waiters, owner_id: int, job: Job) -> Job:
         left = deadline - time.monotonic()
         if left <= 0:
             raise Unavailable("the job did not end in time; see GET /jobs/" + job.id, code="timeout")
-        job = jobs.wait_for_job(db=db, waiters=waiters, owner_id=owner_id, job_id=job.id, wait_s=min(left, 30.0))
+        job, _ = jobs.wait_for_job(db=db, waiters=waiters, owner_id=owner_id, job_id=job.id,
+                                   wait_s=min(left, 30.0), bounded=False)  # the request is the wait
         if job.status in TERMINAL:
             return job
 
