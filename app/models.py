@@ -231,14 +231,15 @@ class Worker(Base):
 
 class WebhookSettings(Base):
     """An owner's default webhook (URL + event filter, copied onto jobs that name none) and signing secrets.
-    After a rotation the previous secret keeps signing until `previous_expires_at`."""
+    After a rotation the previous secret keeps signing until `previous_expires_at`. Both secrets are stored sealed
+    (`fernet:<token>`, app.secrets_box); read them through app.services.webhooks, never these columns directly."""
 
     __tablename__ = "webhook_settings"
     owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), primary_key=True)
     url: Mapped[str | None] = mapped_column(Text, default=None)
     events: Mapped[list[str]] = mapped_column(JSON, default=list)
-    secret: Mapped[str] = mapped_column(String(128))
-    previous_secret: Mapped[str | None] = mapped_column(String(128), default=None)
+    secret: Mapped[str] = mapped_column(Text)
+    previous_secret: Mapped[str | None] = mapped_column(Text, default=None)
     previous_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     webhook_sweep_interval_s: float = 1.0
     webhook_concurrency: int = Field(8, ge=1, description="deliveries the scheduler sends at once")
 
+    # Secrets at rest (app.secrets_box)
+    secret_key: SecretStr = Field(
+        SecretStr(""), description="key(s) sealing stored secrets (webhook signing secrets): base64 of 32 bytes, "
+        "comma-separated, newest first (the first seals, all open). Required in production; elsewhere a key is "
+        "generated into data_dir/secret.key on first use")
+
     # Operations (metrics; logs are LLMOS_LOG_FORMAT / LLMOS_LOG_LEVEL, read by app.logging_setup)
     metrics_token: str = Field("", description="when set, GET /metrics needs 'Authorization: Bearer <token>'")
     metrics_cache_s: float = Field(5.0, ge=0, description="how long /metrics reuses its database read")
@@ -118,6 +124,15 @@ class Settings(BaseSettings):
             raise ValueError("LLMOS_VISIBILITY_TIMEOUT_S must be longer than LLMOS_MAX_TIMEOUT_S")
         if self.env == "production" and self.database_url.startswith("sqlite"):
             raise ValueError("LLMOS_ENV=production needs LLMOS_DATABASE_URL (PostgreSQL)")
+        from app.secrets_box import parse_keys
+
+        try:
+            keys = parse_keys(self.secret_key.get_secret_value())
+        except ValueError as exc:
+            raise ValueError(f"LLMOS_SECRET_KEY: {exc}") from None
+        if self.env == "production" and not keys:
+            raise ValueError("LLMOS_ENV=production needs LLMOS_SECRET_KEY (e.g. `openssl rand -base64 32`); "
+                             "it seals the webhook signing secrets stored in the database")
         try:
             schedule = self.webhook_retry_schedule
         except ValueError:

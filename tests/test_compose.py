@@ -35,7 +35,9 @@ LLMOS_SERVICES: dict[str, tuple[list[str], dict[str, Any]]] = {
     "worker-gpu": (["worker"], {"gpu_type": "h100"}),
     "scheduler": (["scheduler"], {}),
 }
-COMPOSE_ENV = {"POSTGRES_PASSWORD": "s3cret-from-dotenv"}
+COMPOSE_ENV = {"POSTGRES_PASSWORD": "s3cret-from-dotenv",
+               "LLMOS_SECRET_KEY": "q+/3Qqz5lYcS6pKdBfuZNqSX2X+TtkfTQgNFDm/LJdU="}  # as `openssl rand -base64 32`
+CADDYFILE = ROOT / "deploy" / "Caddyfile"
 
 
 # ---- helpers -------------------------------------------------------------------------------------------
@@ -199,6 +201,99 @@ def test_no_default_database_password(services: dict[str, dict[str, Any]]) -> No
         interpolate(raw, {})
     with pytest.raises(ValueError, match="POSTGRES_PASSWORD"):
         interpolate(services["api"]["environment"]["LLMOS_DATABASE_URL"], {})
+
+
+def test_secret_key_required(services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stored webhook secrets are sealed with LLMOS_SECRET_KEY: compose refuses to start without one, and the
+    processes would refuse it too (production settings)."""
+    for name in LLMOS_SERVICES:
+        raw = services[name]["environment"]["LLMOS_SECRET_KEY"]
+        with pytest.raises(ValueError, match="LLMOS_SECRET_KEY"):
+            interpolate(raw, {})
+    from app.settings import load_settings
+
+    for var in [v for v in os.environ if v.startswith("LLMOS_")]:
+        monkeypatch.delenv(var)
+    env = environment(services["api"])
+    for var, value in env.items():
+        if var != "LLMOS_SECRET_KEY":
+            monkeypatch.setenv(var, value)
+    with pytest.raises(ValueError, match="LLMOS_SECRET_KEY"):
+        load_settings()
+    monkeypatch.setenv("LLMOS_SECRET_KEY", env["LLMOS_SECRET_KEY"])
+    assert load_settings().secret_key.get_secret_value() == COMPOSE_ENV["LLMOS_SECRET_KEY"]
+
+
+def caddy_env(text: str, env: Mapping[str, str]) -> str:
+    """Caddyfile {$VAR} and {$VAR:default}, substituted before parsing as Caddy does."""
+    return re.sub(r"\{\$(\w+)(?::([^}]*))?\}", lambda m: env.get(m.group(1)) or m.group(2) or "", text)
+
+
+def caddy_sites(text: str) -> dict[str, list[list[str]]]:
+    """The Caddyfile's site blocks: address -> directives (each a token list; sub-blocks flattened). No global
+    options block, snippets or matchers are used in deploy/Caddyfile."""
+    sites: dict[str, list[list[str]]] = {}
+    current: list[list[str]] | None = None
+    depth = 0
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        tokens = line.split()
+        if depth == 0:
+            assert tokens[-1] == "{", f"expected a site block, got {line!r}"
+            current = sites.setdefault(" ".join(tokens[:-1]), [])
+            depth = 1
+            continue
+        assert current is not None
+        if tokens == ["}"]:
+            depth -= 1
+            continue
+        if tokens[-1] == "{":
+            depth += 1
+            tokens = tokens[:-1]
+        current.append(tokens)
+    assert depth == 0, "unbalanced braces in the Caddyfile"
+    return sites
+
+
+def test_https_proxy_in_front_of_the_api(services: dict[str, dict[str, Any]]) -> None:
+    """The stack serves HTTPS: a Caddy proxy with its internal CA by default (a real certificate by .env), the
+    API's plain HTTP only on the host's loopback."""
+    proxy = services.get("proxy")
+    assert proxy, "docker-compose.yml has no proxy service (HTTPS)"
+    assert str(proxy["image"]).split(":")[0] == "caddy"
+    published = [interpolate(str(p), COMPOSE_ENV) for p in proxy.get("ports", [])]
+    assert any(p.rsplit(":", 1)[-1] == "443" for p in published), published
+    assert proxy["depends_on"]["api"]["condition"] == "service_healthy"
+
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in proxy["volumes"]}
+    assert (ROOT / mounts["/etc/caddy/Caddyfile"]).resolve() == CADDYFILE and CADDYFILE.is_file()
+    assert (ROOT / mounts["/etc/caddy/certs"]).is_dir()
+    assert mounts["/data"] in yaml.safe_load(COMPOSE.read_text())["volumes"], "certificates and CA must persist"
+
+    _, api_params = resolve(as_argv(services["api"]["command"]))
+    env = environment(proxy)
+    sites = caddy_sites(caddy_env(CADDYFILE.read_text(), env))
+    assert list(sites) == ["localhost"], sites
+    [directives] = sites.values()
+    assert ["tls", "internal"] in directives, "the local default: a certificate from Caddy's internal CA"
+    assert ["reverse_proxy", f"api:{api_params['port']}"] in directives
+
+    # a real certificate: a domain with ACME, or files mounted from deploy/certs/
+    acme = caddy_sites(caddy_env(CADDYFILE.read_text(), {"LLMOS_SITE_ADDRESS": "llmos.example.com",
+                                                         "LLMOS_TLS": "ops@example.com"}))
+    assert ["tls", "ops@example.com"] in acme["llmos.example.com"]
+    files = caddy_sites(caddy_env(CADDYFILE.read_text(), {
+        "LLMOS_TLS": "/etc/caddy/certs/fullchain.pem /etc/caddy/certs/privkey.pem"}))
+    assert ["tls", "/etc/caddy/certs/fullchain.pem", "/etc/caddy/certs/privkey.pem"] in files["localhost"]
+    used = set(re.findall(r"\{\$(\w+)", CADDYFILE.read_text()))
+    assert used <= set(proxy["environment"]), f"the Caddyfile reads {used}; the proxy service passes them"
+
+    for port in services["api"].get("ports", []):
+        host = interpolate(str(port), COMPOSE_ENV).rsplit(":", 2)
+        assert len(host) == 3 and host[0] in ("127.0.0.1", "[::1]"), f"the API's plain HTTP is published: {port}"
+    assert environment(services["api"])["LLMOS_PUBLIC_URL"].startswith("https://")
 
 
 def test_health_checks(services: dict[str, dict[str, Any]], tmp_path: Path) -> None:

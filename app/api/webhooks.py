@@ -10,6 +10,7 @@ from app.schemas import (
     iso,
     parse,
 )
+from app.secrets_box import box_for
 from app.services import webhooks
 
 
@@ -29,21 +30,24 @@ class WebhookDefaultItem(AuthResource):
         if spec.url is not None:
             check_webhook_url(spec.url, p.settings, "url")
         with p.db.session() as session:
-            row = webhooks.set_default_webhook(session, self.owner_id, spec.url, list(spec.events))
+            row = webhooks.set_default_webhook(session, self.owner_id, spec.url, list(spec.events),
+                                               box=box_for(p.settings))
             return {"url": row.url, "events": row.events}
 
 
 class WebhookSecret(AuthResource):
     def get(self) -> dict:
-        with platform().db.session() as session:
-            return {"secret": webhooks.owner_settings(session, self.owner_id).secret}
+        p = platform()
+        with p.db.session() as session:  # the one place the secret is shown; stored sealed (app.secrets_box)
+            return {"secret": webhooks.owner_secret(session, self.owner_id, box=box_for(p.settings))}
 
 
 class WebhookSecretRotate(AuthResource):
     def post(self) -> dict:
-        with platform().db.session() as session:
-            row = webhooks.rotate_secret(session, self.owner_id)
-            return {"secret": row.secret, "previous_secret_expires_at": iso(row.previous_expires_at)}
+        p = platform()
+        with p.db.session() as session:
+            secret, expires = webhooks.rotate_secret(session, self.owner_id, box=box_for(p.settings))
+            return {"secret": secret, "previous_secret_expires_at": iso(expires)}
 
 
 class JobWebhookDeliveries(AuthResource):

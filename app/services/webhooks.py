@@ -8,6 +8,9 @@ database.
   dies mid-send leaves the row to be picked up again when the lease ends: at least once, same `webhook-id`.
 - A job's deliveries go out in order (`seq`): a row waits while an earlier one of its job is still pending.
 - Retries wait in the database (`next_attempt_at`), never in a broker countdown.
+- Signing secrets are stored sealed (app.secrets_box) and opened only to sign or to show the owner; a plaintext
+  one (written before migration 0009) or one sealed under an older key is sealed again when it is read, by a
+  compare-and-set so a concurrent rotation always wins.
 """
 
 from __future__ import annotations
@@ -22,16 +25,17 @@ from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from app import webhook_http
 from app import webhooks as signing
 from app.db import Database
-from app.errors import NotFound
+from app.errors import ApiError, NotFound
 from app.models import Batch, Job, JobEvent, WebhookAttempt, WebhookDelivery, WebhookSettings, utcnow
 from app.schemas import DEFAULT_WEBHOOK_EVENTS, iso
+from app.secrets_box import SecretBox, SecretKeyError, box_for
 from app.services.lookups import forget
 from app.services.pagination import page_key, paginate_key
 from app.settings import Settings
@@ -71,14 +75,15 @@ def batch_event(session: Session, batch_id: str, type_: str) -> WebhookDelivery 
 # ---- owner settings: default webhook and secrets -------------------------------------------------------
 
 
-def owner_settings(session: Session, owner_id: int) -> WebhookSettings:
-    """The owner's row, created (with a new secret) on first use."""
+def owner_settings(session: Session, owner_id: int, *, box: SecretBox) -> WebhookSettings:
+    """The owner's row, created (with a new, sealed secret) on first use."""
     row = session.get(WebhookSettings, owner_id)
     if row is not None:
         return row
     try:
         with session.begin_nested():
-            row = WebhookSettings(owner_id=owner_id, secret=signing.new_secret(), events=list(DEFAULT_WEBHOOK_EVENTS))
+            row = WebhookSettings(owner_id=owner_id, secret=box.seal(signing.new_secret()),
+                                  events=list(DEFAULT_WEBHOOK_EVENTS))
             session.add(row)
     except IntegrityError:  # created concurrently
         row = session.get(WebhookSettings, owner_id, populate_existing=True)
@@ -86,27 +91,71 @@ def owner_settings(session: Session, owner_id: int) -> WebhookSettings:
     return row
 
 
-def set_default_webhook(session: Session, owner_id: int, url: str | None, events: list[str]) -> WebhookSettings:
-    row = owner_settings(session, owner_id)
+def _open(session: Session, row: WebhookSettings, column: str, box: SecretBox) -> str | None:
+    """One stored secret in the clear; sealed again (under the first key) when it was stale."""
+    stored: str | None = getattr(row, column)
+    if stored is None:
+        return None
+    opened = box.open(stored)
+    if opened.stale:
+        col = getattr(WebhookSettings, column)
+        session.execute(update(WebhookSettings)
+                        .where(WebhookSettings.owner_id == row.owner_id, col == stored)
+                        .values({column: box.seal(opened.value)})
+                        .execution_options(synchronize_session=False))
+    return opened.value
+
+
+def owner_secret(session: Session, owner_id: int, *, box: SecretBox) -> str:
+    """The owner's current signing secret in the clear (GET /webhooks/secret shows it to its owner)."""
+    try:
+        secret = _open(session, owner_settings(session, owner_id, box=box), "secret", box)
+    except SecretKeyError as exc:
+        raise _key_mismatch(exc) from None
+    assert secret is not None
+    return secret
+
+
+def _key_mismatch(exc: SecretKeyError) -> ApiError:
+    """The server's key cannot open the stored secret: an operator's error, said plainly (no secret in it)."""
+    return ApiError(str(exc), code="secret_key_mismatch", status=500)
+
+
+def set_default_webhook(session: Session, owner_id: int, url: str | None, events: list[str], *,
+                        box: SecretBox) -> WebhookSettings:
+    row = owner_settings(session, owner_id, box=box)
     row.url, row.events = url, events
     forget(session, f"webhook:{owner_id}")
     return row
 
 
-def rotate_secret(session: Session, owner_id: int) -> WebhookSettings:
-    """A new secret; the old one keeps signing (a second signature) for 24 h so receivers can switch."""
-    row = owner_settings(session, owner_id)
-    row.previous_secret, row.previous_expires_at = row.secret, utcnow() + ROTATION_OVERLAP
-    row.secret = signing.new_secret()
+def rotate_secret(session: Session, owner_id: int, *, box: SecretBox) -> tuple[str, datetime]:
+    """A new secret; the old one keeps signing (a second signature) for 24 h so receivers can switch.
+    Returns (the new secret in the clear, when the old one stops signing)."""
+    row = session.get(WebhookSettings, owner_id, with_for_update=True) or owner_settings(session, owner_id, box=box)
+    try:
+        current = box.open(row.secret).value
+    except SecretKeyError as exc:
+        raise _key_mismatch(exc) from None
+    new = signing.new_secret()
+    expires = utcnow() + ROTATION_OVERLAP
+    row.previous_secret, row.previous_expires_at = box.seal(current), expires
+    row.secret = box.seal(new)
     log.info("owner=%s webhook secret rotated", owner_id)
-    return row
+    return new, expires
 
 
-def signing_secrets(row: WebhookSettings, now: datetime) -> list[str]:
-    keys = [row.secret]
+def signing_secrets(session: Session, row: WebhookSettings, now: datetime, *, box: SecretBox) -> list[str]:
+    """The secrets a delivery is signed with now, in the clear: the current one, and the previous one during
+    the overlap after a rotation."""
+    current = _open(session, row, "secret", box)
+    assert current is not None
+    keys = [current]
     until = row.previous_expires_at
     if row.previous_secret and until is not None and until > now:
-        keys.append(row.previous_secret)
+        previous = _open(session, row, "previous_secret", box)
+        assert previous is not None
+        keys.append(previous)
     return keys
 
 
@@ -198,9 +247,15 @@ def next_delay(settings: Settings, attempts: int, resp: webhook_http.Response) -
 
 def deliver(*, db: Database, settings: Settings, due: Due) -> bool:
     """One attempt: sign, POST, record. Returns True when the receiver answered 2xx."""
-    with db.session() as session:
-        keys = signing_secrets(owner_settings(session, due.owner_id), utcnow())
     body = json.dumps(due.payload, separators=(",", ":")).encode()
+    try:
+        box = box_for(settings)
+        with db.session() as session:
+            keys = signing_secrets(session, owner_settings(session, due.owner_id, box=box), utcnow(), box=box)
+    except SecretKeyError as exc:  # retried on the schedule: the operator may put the old key back
+        log.error("job=%s webhook not sent: %s", due.job_id, exc)
+        record(db=db, settings=settings, due=due, resp=webhook_http.Response(None, f"not sent: {exc}", 0))
+        return False
     resp = webhook_http.post(due.url, body, signing.headers(keys, due.webhook_id, body),
                              allow_private=settings.webhook_allow_private, timeout=settings.webhook_timeout_s)
     record(db=db, settings=settings, due=due, resp=resp)
