@@ -26,7 +26,7 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"messa
 _CONTEXT = ("request_id", "job_id")
 
 # Libraries whose INFO lines say nothing an operator acts on (per-message Celery chatter, HTTP client lines).
-QUIET = {"celery": logging.WARNING, "kombu": logging.WARNING, "amqp": logging.WARNING, "urllib3": logging.WARNING,
+QUIET = {"celery": logging.WARNING, "kombu": logging.WARNING, "kombu.connection": logging.ERROR, "amqp": logging.WARNING, "urllib3": logging.WARNING,
          "httpx": logging.WARNING, "transformers": logging.ERROR, "huggingface_hub": logging.ERROR,
          "filelock": logging.WARNING, "werkzeug": logging.WARNING, "alembic": logging.WARNING,
          "gunicorn.access": logging.WARNING}
@@ -106,7 +106,7 @@ def dict_config(fmt: str | None = None, level: str | None = None) -> dict[str, A
             **{name: {"level": lvl} for name, lvl in QUIET.items()},
             "llmos": {"level": level}, "app": {"level": level}, "workers": {"level": level},
             # gunicorn's own lines through the same handler, in the same format
-            "gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
+            "gunicorn.error": {"level": level, "handlers": [], "propagate": True},
         },
     }
 

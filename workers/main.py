@@ -47,7 +47,7 @@ def run_worker(*, gpu_type: str | None = None, queues: list[str] | None = None,
         rt.begin_shutdown()
 
     def _logging(**_: Any) -> None:  # connected: Celery leaves logging to us (one format for every line)
-        logging_setup.configure(level=loglevel)
+        logging_setup.configure(level=os.environ.get("LLMOS_LOG_LEVEL") or loglevel)
 
     setup_logging.connect(_logging, weak=False)
     worker_ready.connect(_ready, weak=False)
@@ -61,8 +61,9 @@ def run_worker(*, gpu_type: str | None = None, queues: list[str] | None = None,
     if settings.broker_url.startswith("filesystem"):
         argv.append("--without-heartbeat")  # event heartbeats need a fanout exchange: Flower is for Redis/AMQP
     if os.environ.get("LLMOS_DEV") == "1":  # started by `llmos dev`: no banner, no root warning on a laptop
-        argv.append("--quiet")
+        from celery.apps.worker import Worker
         from celery.exceptions import SecurityWarning
 
+        Worker.emit_banner = lambda self: None  # type: ignore[method-assign]  # `celery --quiet` is not in argv's reach
         warnings.filterwarnings("ignore", category=SecurityWarning)
     celery.worker_main(argv)

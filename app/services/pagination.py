@@ -70,6 +70,18 @@ def paginate(
     return stmt.order_by(created.desc(), key.desc()).limit(limit + 1)
 
 
+def paginate_oldest_first(
+    stmt: Select, *, created: InstrumentedAttribute, key: InstrumentedAttribute,
+    cursor: str | None, limit: int,
+) -> Select:
+    """`paginate` in ascending order (a job's events in the order they happened); the same cursors."""
+    if cursor:
+        ts, k = decode_cursor(cursor)
+        k = _checked(k, key)
+        stmt = stmt.where(or_(created > ts, and_(created == ts, key > k)))
+    return stmt.order_by(created.asc(), key.asc()).limit(limit + 1)
+
+
 def page(rows: list[Any], limit: int, created_attr: str, key_attr: str) -> tuple[list[Any], str | None]:
     if len(rows) <= limit:
         return rows, None
