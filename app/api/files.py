@@ -39,6 +39,8 @@ def upload_from_request(session: Session, owner_id: int) -> File:
 
 
 class FileList(AuthResource):
+    read_scope = write_scope = "files"
+
     def post(self) -> tuple[dict, int]:
         with platform().db.session() as session:
             return file_public(upload_from_request(session, self.owner_id), self.base_url()), 201
@@ -52,6 +54,8 @@ class FileList(AuthResource):
 
 
 class FileItem(AuthResource):
+    read_scope = write_scope = "files"
+
     def get(self, file_id: str) -> dict:
         with platform().db.session() as session:
             return file_public(files.get_file(session=session, owner_id=self.owner_id, file_id=file_id),
@@ -64,6 +68,8 @@ class FileItem(AuthResource):
 
 
 class FileContent(AuthResource):
+    read_scope = write_scope = "files"
+
     def get(self, file_id: str):  # noqa: ANN201 - a streamed file response
         with platform().db.session() as session:
             row = files.get_file(session=session, owner_id=self.owner_id, file_id=file_id)

@@ -17,6 +17,8 @@ from app.services import webhooks
 class WebhookDefaultItem(AuthResource):
     """The webhook URL and event filter copied onto jobs that name none."""
 
+    read_scope = write_scope = "webhooks"
+
     def get(self) -> dict:
         p = platform()
         found = p.lookups.default_webhook(p.db, self.owner_id)
@@ -36,6 +38,8 @@ class WebhookDefaultItem(AuthResource):
 
 
 class WebhookSecret(AuthResource):
+    read_scope = write_scope = "webhooks"
+
     def get(self) -> dict:
         p = platform()
         with p.db.session() as session:  # the one place the secret is shown; stored sealed (app.secrets_box)
@@ -43,6 +47,8 @@ class WebhookSecret(AuthResource):
 
 
 class WebhookSecretRotate(AuthResource):
+    read_scope = write_scope = "webhooks"
+
     def post(self) -> dict:
         p = platform()
         with p.db.session() as session:
@@ -51,6 +57,8 @@ class WebhookSecretRotate(AuthResource):
 
 
 class JobWebhookDeliveries(AuthResource):
+    read_scope = write_scope = "webhooks"
+
     def get(self, job_id: str) -> dict:
         limit, cursor = self.page_args()
         with platform().db.session() as session:
@@ -59,6 +67,8 @@ class JobWebhookDeliveries(AuthResource):
 
 
 class WebhookRedeliver(AuthResource):
+    read_scope = write_scope = "webhooks"
+
     def post(self, delivery_id: str) -> tuple[dict, int]:
         with platform().db.session() as session:
             row, attempts = webhooks.redeliver(session, self.owner_id, delivery_id)
