@@ -393,10 +393,10 @@ def dev(host: str, port: int, demo: bool) -> None:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         sched.request_stop()
-        _stop_all(procs, within=3.0)
+        _stop_all(procs, within=2.0)
         stopper = threading.Thread(target=sched.stop, daemon=True)  # a pass in flight may not hold the exit
         stopper.start()
-        stopper.join(timeout=1.0)
+        stopper.join(timeout=0.5)
         _stage("stopped")
 
 
