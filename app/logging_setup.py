@@ -26,7 +26,8 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"messa
 _CONTEXT = ("request_id", "job_id")
 
 # Libraries whose INFO lines say nothing an operator acts on (per-message Celery chatter, HTTP client lines).
-QUIET = {"celery": logging.WARNING, "kombu": logging.WARNING, "kombu.connection": logging.ERROR, "amqp": logging.WARNING, "urllib3": logging.WARNING,
+QUIET = {"celery": logging.WARNING, "kombu": logging.WARNING, "kombu.connection": logging.ERROR,
+         "amqp": logging.WARNING, "urllib3": logging.WARNING,
          "httpx": logging.WARNING, "transformers": logging.ERROR, "huggingface_hub": logging.ERROR,
          "filelock": logging.WARNING, "werkzeug": logging.WARNING, "alembic": logging.WARNING,
          "gunicorn.access": logging.WARNING}
