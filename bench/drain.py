@@ -33,6 +33,7 @@ No scheduler runs (the fast path needs none).
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import json
 import os
@@ -556,7 +557,8 @@ def main() -> None:
     celery = baseline_app(args.redis)
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOS_")}
-        env.update(LLMOS_ENV="production", LLMOS_DATABASE_URL=db_url, LLMOS_BROKER_URL=args.redis,
+        env.update(LLMOS_ENV="production", LLMOS_SECRET_KEY=base64.b64encode(os.urandom(32)).decode(),
+                   LLMOS_DATABASE_URL=db_url, LLMOS_BROKER_URL=args.redis,
                    LLMOS_DATA_DIR=str(tmp / "data"), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
         run_llmos(env, "db", "upgrade")
         key = run_llmos(env, "keys", "create", "--owner", "bench", "--rate-limit", "1000000/minute").strip()

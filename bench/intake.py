@@ -27,6 +27,7 @@ marking).
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import itertools
 import json
@@ -328,7 +329,8 @@ def sql_shape(statement: str) -> str:
 
 
 def llmos_config(db_url: str, broker_url: str, data_dir: Path) -> dict[str, Any]:
-    return {"env": "production", "database_url": db_url, "broker_url": broker_url, "data_dir": str(data_dir)}
+    return {"env": "production", "database_url": db_url, "broker_url": broker_url, "data_dir": str(data_dir),
+            "secret_key": base64.b64encode(os.urandom(32)).decode(), "rate_limit": "1000000/minute"}
 
 
 def count_submit_round_trips(*, db_url: str, broker_url: str, data_dir: Path, key: str, body: dict[str, Any],
@@ -419,7 +421,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="llmos-bench-"))
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOS_")}
-        env.update(LLMOS_ENV="production", LLMOS_DATABASE_URL=db_url, LLMOS_BROKER_URL=args.redis,
+        env.update(LLMOS_ENV="production", LLMOS_SECRET_KEY=base64.b64encode(os.urandom(32)).decode(),
+                   LLMOS_DATABASE_URL=db_url, LLMOS_BROKER_URL=args.redis,
                    LLMOS_DATA_DIR=str(tmp / "data"), BENCH_DATABASE_URL=db_url, BENCH_BROKER_URL=args.redis)
         run_llmos(env, "db", "upgrade")
         key = run_llmos(env, "keys", "create", "--owner", "bench", "--rate-limit", "1000000/minute").strip()

@@ -15,6 +15,7 @@ Printed: medians and p90 of each, the ratios sync/native and TTFT/native, and th
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import secrets
@@ -97,7 +98,8 @@ def main() -> None:
     procs = []
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOS_")}
-        env.update(LLMOS_ENV="production", LLMOS_DATABASE_URL=db_url, LLMOS_BROKER_URL=args.redis,
+        env.update(LLMOS_ENV="production", LLMOS_SECRET_KEY=base64.b64encode(os.urandom(32)).decode(),
+                   LLMOS_DATABASE_URL=db_url, LLMOS_BROKER_URL=args.redis,
                    LLMOS_DATA_DIR=str(tmp / "data"))
         run_llmos(env, "db", "upgrade")
         key = run_llmos(env, "keys", "create", "--owner", "bench", "--rate-limit", "1000000/minute").strip()

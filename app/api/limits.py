@@ -1,6 +1,7 @@
 """Rate limits per key (flask-limiter): Redis on services, so every API process counts together; memory on the
 embedded default (one process). A key's own limit (`--rate-limit`) or LLMOS_RATE_LIMIT; requests without a
-valid key are counted per client address. 429 with Retry-After and the RateLimit-* headers."""
+valid key are counted per client address. Every answer carries RateLimit-Limit; a 429 also Retry-After,
+RateLimit-Remaining and RateLimit-Reset. One round trip to the store per request (fixed window)."""
 
 from __future__ import annotations
 
@@ -56,14 +57,16 @@ def init_limits(app: Flask) -> Limiter:
 
     @app.after_request
     def _headers(response: Response) -> Response:
+        # the limit is known without asking the store; what is left and when it resets cost two more round
+        # trips, so they are sent with a 429 only, where a client needs them
         current = limiter.current_limit
         if current is not None:
-            left = max(0, int(current.reset_at - time.time()))
             response.headers["RateLimit-Limit"] = str(current.limit.amount)
-            response.headers["RateLimit-Remaining"] = str(current.remaining)
-            response.headers["RateLimit-Reset"] = str(left)
             if response.status_code == 429:
-                response.headers["Retry-After"] = str(max(1, left))
+                left = max(1, int(current.reset_at - time.time()))
+                response.headers["RateLimit-Remaining"] = str(current.remaining)
+                response.headers["RateLimit-Reset"] = str(left)
+                response.headers["Retry-After"] = str(left)
         return response
 
     return limiter
