@@ -382,7 +382,7 @@ def dev(host: str, port: int, demo: bool) -> None:
     try:
         base = f"http://{host}:{port}"
         _wait_healthy(base, procs)
-        _stage(f"LLM OS is up at {base} (API, worker, scheduler; the dashboard at {base}/ui); Ctrl-C stops it")
+        _stage(f"LLM OS is up at {base} (API, worker, scheduler); Ctrl-C stops it")
         if demo:
             _demo(base, settings)
         while all(p.poll() is None for p in procs):
