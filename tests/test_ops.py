@@ -50,6 +50,7 @@ def test_metrics_after_jobs_ran_match_the_database(app, client, key, pg, redis_u
         wait_status(client, key, gen_ids[-1], ("succeeded",), timeout=90)
     # nobody serves h100 here: it stays queued, so its queue has a depth and an oldest age
     stuck = client.post("/jobs", json={"kind": "echo", "input": {}, "gpu": "h100"}, headers=h).get_json()
+    assert stuck["queue"] == "echo.h100"
     cancelled = client.post("/jobs", json={"kind": "echo", "input": {}, "gpu": "h100"}, headers=h).get_json()
     assert client.post(f"/jobs/{cancelled['id']}/cancel", headers=h).status_code == 200
     for job_id in echo_ids + gen_ids:
