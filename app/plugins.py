@@ -46,11 +46,21 @@ def discover(group: str) -> list[Plugin]:
             obj, error = ep.load(), None
         except Exception as exc:  # a broken plugin must never take the process down
             obj, error = None, f"{exc.__class__.__name__}: {exc}"
-        plugin = Plugin(group, ep.name, ep.value, _package(ep), obj, error)
+        error = error or _wrong_shape(group, obj)
+        plugin = Plugin(group, ep.name, ep.value, _package(ep), None if error else obj, error)
         if error:
             skip(plugin, error)
         found.append(plugin)
     return found
+
+
+def _wrong_shape(group: str, obj: Any) -> str | None:
+    """Why a loaded loader or hook cannot be one (kinds are checked by the registry, which knows JobKind)."""
+    if group == "llmos.loaders" and not callable(getattr(obj, "materialise", None)):
+        return f"{obj!r} has no materialise(*, name, source, config, model_dir) method"
+    if group == "llmos.hooks" and not callable(obj):
+        return f"{obj!r} is not callable"
+    return None
 
 
 def skip(plugin: Plugin, error: str) -> Plugin:

@@ -280,6 +280,6 @@ def test_the_registry_is_whole_for_concurrent_first_readers():
             t.start()
         for t in threads:
             t.join()
-        assert seen == [4] * 16
+        assert seen == [len(fresh.public_names())] * 16 and seen[0] >= 6  # built-in kinds, and plugins
     finally:
         importlib.reload(kinds)
