@@ -7,7 +7,8 @@ validate in well under a second and an error names the exact document: `document
 from __future__ import annotations
 
 import json
-import string
+import math
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -17,7 +18,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from app.errors import InvalidInput
 from app.kinds.generate import GenerateParams, check_generate_params
 from app.models import Batch, File
-from app.schemas import JobCreate, check_webhook_url, iso, parse, validation_error
+from app.schemas import (
+    JobCreate,
+    check_json,
+    check_webhook_url,
+    control_problem,
+    iso,
+    parse,
+    unstorable,
+    validation_error,
+)
 from app.settings import Settings
 
 
@@ -125,25 +135,31 @@ class ValidatedBatch:
 KNOWN_FIELDS = {"text", "custom_id"}
 
 
+# what a template may hold: {name} (a plain identifier), {{ and }} for literal braces; any other brace is an error
+TEMPLATE_TOKEN = re.compile(r"\{\{|\}\}|\{([^\W\d]\w*)\}|\{[^{}]*\}?|\}")
+
+
 def template_fields(template: str) -> set[str]:
-    """The names a template uses; only plain names (no attribute access, indexing or conversions)."""
+    """The names a template uses. Templates are rendered by plain substitution, never str.format: a format spec
+    (`{text:>1000000000}`), a conversion (`{text!r}`), attribute or index access (`{text.upper}`, `{0}`) or an
+    unmatched brace is refused here, at submit."""
     names: set[str] = set()
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise InvalidInput(f"task.template: {exc}", field="task.template") from None
-    for _, name, spec, conv in parsed:
-        if name is None:
+    for m in TEMPLATE_TOKEN.finditer(template):
+        tok = m.group(0)
+        if tok in ("{{", "}}"):
             continue
-        if not name.isidentifier() or conv or (spec and "{" in spec):
-            raise InvalidInput(f"task.template: use plain fields like {{text}}, not {{{name}}}",
-                               field="task.template")
-        names.add(name)
+        if m.group(1) is None:
+            shown = tok if len(tok) <= 40 else tok[:37] + "..."
+            raise InvalidInput(f"task.template: use plain fields like {{text}} (and {{{{ or }}}} for a literal brace), "
+                               f"not {shown}", field="task.template")
+        names.add(m.group(1))
     return names
 
 
 def validate_batch(body: Any, settings: Settings) -> ValidatedBatch:
-    env = parse(BatchCreate, body)
+    if isinstance(body, dict):  # the documents are checked one by one by check_documents
+        check_json(body, skip=frozenset({"documents"}))
+    env = parse(BatchCreate, body, check=False)
     try:  # gpu, model and metadata follow a job's rules
         JobCreate.model_validate({"kind": "batch", "model": env.model, "input": {}, "gpu": env.gpu,
                                   "metadata": env.metadata})
@@ -182,9 +198,12 @@ def check_documents(docs: Iterable[tuple[str, Any]], spec: ValidatedBatch, setti
         if not isinstance(doc, dict):
             raise InvalidInput(f"{where}: each document must be an object with custom_id and text", field=where)
         cid = doc.get("custom_id")
-        if not isinstance(cid, str) or not 1 <= len(cid) <= 255 or "\x00" in cid:
+        if not isinstance(cid, str) or not 1 <= len(cid) <= 255:
             msg = "field required" if cid is None else "must be a string of 1 to 255 characters"
             raise InvalidInput(f"{where}.custom_id: {msg}", field=f"{where}.custom_id")
+        why = control_problem(cid)
+        if why:
+            raise InvalidInput(f"{where}.custom_id: {why}", field=f"{where}.custom_id")
         if cid in seen:
             raise InvalidInput(f"{where}.custom_id: duplicate custom_id {cid!r} (first at {seen[cid]})",
                                field=f"{where}.custom_id", code="duplicate_custom_id")
@@ -193,13 +212,20 @@ def check_documents(docs: Iterable[tuple[str, Any]], spec: ValidatedBatch, setti
         if not isinstance(text, str):
             msg = "field required" if text is None else "must be a string"
             raise InvalidInput(f"{where}.text: {msg}", field=f"{where}.text")
-        if "\x00" in text:
-            raise InvalidInput(f"{where}.text: must not contain a NUL character", field=f"{where}.text")
+        why = unstorable(text)
+        if why:
+            raise InvalidInput(f"{where}.text: {why}", field=f"{where}.text")
         extra = {k: v for k, v in doc.items() if k not in KNOWN_FIELDS}
         for k, v in extra.items():
-            if not isinstance(v, (str, int, float, bool)) or (isinstance(v, str) and "\x00" in v):
+            why = control_problem(k)
+            if why:
+                raise InvalidInput(f"{where}: a field name {why}", field=where)
+            if not isinstance(v, (str, int, float, bool)) or (isinstance(v, float) and not math.isfinite(v)):
                 raise InvalidInput(f"{where}.{k}: extra document fields must be strings or numbers",
                                    field=f"{where}.{k}")
+            why = unstorable(v) if isinstance(v, str) else None
+            if why:
+                raise InvalidInput(f"{where}.{k}: {why}", field=f"{where}.{k}")
         extra_keys.update(extra)
         out.append(Document(cid, text, extra or None))
     if not out:
@@ -273,3 +299,71 @@ def file_public(f: File, base_url: str = "") -> dict[str, Any]:
         "created_at": iso(f.created_at),
         "urls": {"get": f"{base_url}/files/{f.id}", "content": f"{base_url}/files/{f.id}/content"},
     }
+
+
+# ---- what goes out, as schemas (app.api.openapi) ---------------------------------------------------------
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class RequestCounts(_Out):
+    total: int
+    completed: int
+    failed: int
+
+
+class BatchProgress(_Out):
+    done: int
+    total: int
+    fraction: float
+
+
+class BatchError(_Out):
+    code: str
+    message: str | None
+
+
+class BatchPublic(_Out):
+    id: str = Field(description="batch_…")
+    object: Literal["batch"]
+    status: Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+    task: dict[str, Any]
+    model: str | None
+    params: dict[str, Any]
+    gpu: str | list[str] | None
+    queue: str | None
+    priority: int
+    metadata: dict[str, str]
+    input_file_id: str | None
+    output_file_id: str | None
+    error_file_id: str | None
+    chunk_size: int | None
+    request_counts: RequestCounts
+    progress: BatchProgress
+    error: BatchError | None
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    cancel_requested_at: str | None
+    webhook: str | None
+    urls: dict[str, str]
+
+
+class FilePublic(_Out):
+    id: str = Field(description="file_…")
+    object: Literal["file"]
+    purpose: str
+    filename: str
+    bytes: int
+    sha256: str
+    created_at: str | None
+    urls: dict[str, str]
+
+
+class FileUpload(BaseModel):
+    """POST /files (multipart/form-data)."""
+
+    file: bytes = Field(json_schema_extra={"format": "binary"})
+    purpose: Literal["batch", "fine-tune", "assistants", "user_data", "evals"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal, TypeVar
@@ -18,6 +20,59 @@ from app.webhook_http import UnsafeUrl, check_url
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False)
+
+
+# ---- characters and shapes no request may carry --------------------------------------------------------
+# NUL cannot be stored (PostgreSQL's text and jsonb refuse it) and a lone surrogate cannot be encoded as UTF-8:
+# both are refused in every string of a request, keys included. Names, ids, labels and metadata refuse every
+# control character as well; free text (prompts, messages, documents) keeps tabs, newlines and the like.
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+MAX_JSON_DEPTH = 64  # objects and arrays nested deeper than this are refused (422)
+
+
+def unstorable(s: str) -> str | None:
+    """Why `s` cannot be taken (None when it can): a NUL character or a lone surrogate."""
+    m = UNSTORABLE.search(s)
+    if m is None:
+        return None
+    return "must not contain a NUL character" if m.group() == "\x00" else "must not contain a lone surrogate"
+
+
+def control_problem(s: str) -> str | None:
+    """Why `s` cannot be a name, id, label or metadata (None when it can)."""
+    return unstorable(s) or ("must not contain control characters" if CONTROL.search(s) else None)
+
+
+def check_json(value: Any, prefix: str = "", *, skip: frozenset[str] = frozenset()) -> None:
+    """Every string (keys too), number and nesting level of a parsed JSON body, before it is validated or stored:
+    NUL, lone surrogates, NaN/Infinity and nesting deeper than MAX_JSON_DEPTH are 422s naming the field.
+    Top-level keys in `skip` are left to their own checks (a batch's documents)."""
+    stack: list[tuple[Any, str, int]] = [(value, prefix, 0)]
+    while stack:
+        v, path, depth = stack.pop()
+        if isinstance(v, str):
+            why = unstorable(v)
+            if why:
+                raise InvalidInput(f"{path}: {why}" if path else why, field=path or None)
+        elif isinstance(v, dict):
+            if depth >= MAX_JSON_DEPTH:
+                raise InvalidInput(f"{path}: nested more than {MAX_JSON_DEPTH} levels deep", field=path or None)
+            for k, x in v.items():
+                sub = f"{path}.{k}" if path else str(k)
+                why = unstorable(k)
+                if why:
+                    raise InvalidInput(f"{path or 'body'}: a key {why}", field=path or None)
+                if depth == 0 and k in skip:
+                    continue
+                stack.append((x, sub, depth + 1))
+        elif isinstance(v, list):
+            if depth >= MAX_JSON_DEPTH:
+                raise InvalidInput(f"{path}: nested more than {MAX_JSON_DEPTH} levels deep", field=path or None)
+            stack.extend((x, f"{path}.{i}" if path else str(i), depth + 1) for i, x in enumerate(v))
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise InvalidInput(f"{path}: must be a finite number" if path else "numbers must be finite",
+                               field=path or None)
 
 
 WebhookEvent = Literal["started", "progress", "completed"]
@@ -62,19 +117,29 @@ class JobCreate(_Strict):
     @field_validator("model")
     @classmethod
     def _model(cls, v: str | None) -> str | None:
-        if v is not None and "\x00" in v:
-            raise ValueError("must not contain a NUL character")
+        why = None if v is None else control_problem(v)
+        if why:
+            raise ValueError(why)
         return v
 
     @field_validator("metadata")
     @classmethod
     def _metadata(cls, v: dict[str, str]) -> dict[str, str]:
-        if len(v) > 16:
-            raise ValueError("at most 16 metadata keys")
-        for key, value in v.items():
-            if len(key) > 64 or len(value) > 512:
-                raise ValueError("metadata keys are at most 64 characters, values at most 512")
-        return v
+        return check_metadata(v)
+
+
+def check_metadata(v: dict[str, str]) -> dict[str, str]:
+    """Metadata rules (jobs and batches): at most 16 keys of up to 64 characters, values up to 512, no control
+    characters in either."""
+    if len(v) > 16:
+        raise ValueError("at most 16 metadata keys")
+    for key, value in v.items():
+        if len(key) > 64 or len(value) > 512:
+            raise ValueError("metadata keys are at most 64 characters, values at most 512")
+        why = control_problem(key) or control_problem(value)
+        if why:
+            raise ValueError(f"metadata keys and values {why}")
+    return v
 
 
 def _default_events() -> list[WebhookEvent]:
@@ -128,11 +193,14 @@ class ValidatedJob:
 M = TypeVar("M", bound=BaseModel)
 
 
-def parse(model: type[M], data: Any, prefix: str = "") -> M:
-    """Validate a JSON object into `model`; any problem is a 422 naming the field (under `prefix`)."""
+def parse(model: type[M], data: Any, prefix: str = "", *, check: bool = True) -> M:
+    """Validate a JSON object into `model`; any problem is a 422 naming the field (under `prefix`). `check`:
+    run check_json over it first (leave it off for parts of a body already checked)."""
     if not isinstance(data, dict):
         raise InvalidInput(f"{prefix} must be a JSON object" if prefix else "the request body must be a JSON object",
                            field=prefix or None)
+    if check:
+        check_json(data, prefix)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -150,8 +218,8 @@ def validate_job(body: Any, settings: Settings) -> ValidatedJob:
                            field="model")
     if kind.model_kind is None and env.model is not None:
         raise InvalidInput(f"model: {env.kind} jobs use no model; leave it out", field="model")
-    inp = parse(kind.input, env.input, "input")
-    params = parse(kind.params, env.params, "params")
+    inp = parse(kind.input, env.input, "input", check=False)
+    params = parse(kind.params, env.params, "params", check=False)
     if kind.limits is not None:
         kind.limits(inp, params, settings)
     if env.timeout_s is not None and env.timeout_s > settings.max_timeout_s:
@@ -307,3 +375,166 @@ def worker_public(w: Worker, alive: bool) -> dict[str, Any]:
         "last_task_at": iso(w.last_task_at),
         "stopped_at": iso(w.stopped_at),
     }
+
+
+# ---- what goes out, as schemas: the OpenAPI document's response shapes (app.api.openapi) -----------------
+# The *_public functions above build these objects; tests/test_openapi.py checks the two agree on the live server.
+
+Status = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+Timestamp = str  # ISO 8601 UTC, "2026-01-01T00:00:00.000000Z"
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorDetail(Out):
+    code: str = Field(description="machine-readable: invalid_input, not_found, rate_limited, ...")
+    message: str
+    field: str | None = Field(None, description="the request field at fault, dotted: params.max_new_tokens")
+
+
+class ErrorBody(Out):
+    """Every native error, for every path, method and size."""
+
+    error: ErrorDetail
+
+
+class JobError(Out):
+    code: str
+    message: str | None
+
+
+class JobPublic(Out):
+    id: str = Field(description="job_…")
+    object: Literal["job"]
+    kind: str
+    model: str | None
+    status: Status
+    batch_id: str | None
+    input: dict[str, Any]
+    params: dict[str, Any]
+    gpu: str | list[str] | None
+    queue: str | None
+    priority: int
+    timeout_s: int | None
+    metadata: dict[str, str]
+    attempts: int
+    worker_id: str | None
+    progress: dict[str, Any] | None
+    output: dict[str, Any] | None = Field(description="generate: {text, finish_reason}; embed: {embedding}; "
+                                                      "finetune: {model, checkpoints}; echo: its input")
+    usage: dict[str, Any] | None
+    error: JobError | None
+    created_at: Timestamp | None
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+    cancel_requested_at: Timestamp | None
+    webhook: str | None
+    webhook_events: list[str] | None
+    urls: dict[str, str]
+
+
+class EventPublic(Out):
+    id: str
+    object: Literal["job.event"]
+    job_id: str
+    type: str = Field(description="the state entered, or a happening: progress, retry, worker_lost, ...")
+    created_at: Timestamp | None
+    message: str | None
+    data: dict[str, Any]
+
+
+class CheckpointPublic(Out):
+    id: str
+    object: Literal["fine_tuning.checkpoint"]
+    job_id: str
+    step: int
+    total_steps: int | None
+    epoch: float | int | None
+    attempt: int | None
+    reason: str | None
+    metrics: dict[str, Any]
+    created_at: Timestamp | None
+
+
+class AttemptPublic(Out):
+    created_at: Timestamp | None
+    status_code: int | None
+    latency_ms: float | int | None
+    error: str | None
+
+
+class DeliveryPublic(Out):
+    id: str
+    object: Literal["webhook_delivery"]
+    job_id: str | None
+    batch_id: str | None
+    type: str
+    url: str
+    webhook_id: str | None
+    status: str
+    attempts: int
+    next_attempt_at: Timestamp | None
+    last_status_code: int | None
+    last_error: str | None
+    created_at: Timestamp | None
+    delivered_at: Timestamp | None
+    payload: dict[str, Any] | None
+    attempt_log: list[AttemptPublic]
+
+
+class ModelPublic(Out):
+    id: str
+    object: Literal["model"]
+    version: str | None
+    kind: str
+    source_type: str | None
+    default_gpu: str | None
+    base_model: str | None
+    owned_by: str
+    job_id: str | None
+    created_at: Timestamp | None
+
+
+class KindPublic(Out):
+    id: str
+    object: Literal["kind"]
+    description: str
+    model_kind: str | list[str] | None
+    queue_family: str
+    default_timeout_s: int | None
+    cancellable: bool
+    resumable: bool
+    schemas: dict[str, Any] = Field(description="the kind's input, params and output JSON schemas")
+
+
+class WorkerEntry(Out):
+    """An admin key sees workers (id, host, pid, queues, ...); other keys see one gpu_pool per GPU type."""
+
+    object: Literal["worker", "gpu_pool"]
+    gpu_type: str | None = None
+
+
+class Deleted(Out):
+    id: str
+    object: str
+    deleted: Literal[True]
+
+
+class Health(Out):
+    status: str
+
+
+class WebhookDefaultPublic(Out):
+    url: str | None
+    events: list[str]
+
+
+class WebhookSecretPublic(Out):
+    secret: str
+
+
+class WebhookSecretRotated(Out):
+    secret: str
+    previous_secret_expires_at: Timestamp | None

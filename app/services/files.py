@@ -13,11 +13,12 @@ import tempfile
 from pathlib import Path
 from typing import IO
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from app.errors import InvalidInput, NotFound, TooLarge
 from app.models import File
+from app.schemas import control_problem
 from app.services.pagination import page, paginate
 from app.settings import Settings
 
@@ -69,10 +70,41 @@ class FileWriter:
         self.tmp.unlink(missing_ok=True)
 
 
+def check_filename(filename: str) -> str:
+    """An upload's name as stored: at most 255 characters, no NUL, control character or lone surrogate (422)."""
+    name = filename or "upload"
+    why = control_problem(name)
+    if why:
+        raise InvalidInput(f"file: the filename {why}", field="file")
+    if len(name) > 255:
+        raise InvalidInput("file: the filename is longer than 255 characters", field="file")
+    return name
+
+
+def remove_unless_committed(session: Session, path: Path) -> None:
+    """Delete `path` if the session's transaction rolls back instead of committing: an upload whose row is
+    never written leaves nothing on disk."""
+    state = {"open": True}
+
+    def _rolled_back(_session: Session) -> None:
+        if state["open"]:
+            state["open"] = False
+            path.unlink(missing_ok=True)
+
+    def _committed(_session: Session) -> None:
+        state["open"] = False
+
+    event.listen(session, "after_rollback", _rolled_back)
+    event.listen(session, "after_commit", _committed)
+
+
 def upload(*, session: Session, settings: Settings, owner_id: int, stream: IO[bytes], filename: str,
            purpose: str) -> File:
+    """Stream an upload to disk and add its row. Name and purpose are checked before a byte is written; the bytes
+    are removed again when the row cannot be written or its transaction does not commit."""
     if purpose not in UPLOAD_PURPOSES:
         raise InvalidInput(f"purpose must be one of: {', '.join(UPLOAD_PURPOSES)}", field="purpose")
+    name = check_filename(filename)
     file_id = new_file_id()
     writer = FileWriter(settings, file_id, limit=settings.max_file_bytes)
     try:
@@ -82,10 +114,15 @@ def upload(*, session: Session, settings: Settings, owner_id: int, stream: IO[by
     except BaseException:
         writer.discard()
         raise
-    row = File(id=file_id, owner_id=owner_id, purpose=purpose, filename=(filename or "upload")[:255],
-               bytes=writer.size, sha256=writer.digest.hexdigest(), path=str(path))
-    session.add(row)
-    session.flush()
+    try:
+        row = File(id=file_id, owner_id=owner_id, purpose=purpose, filename=name, bytes=writer.size,
+                   sha256=writer.digest.hexdigest(), path=str(path))
+        session.add(row)
+        session.flush()
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    remove_unless_committed(session, path)
     return row
 
 

@@ -97,13 +97,36 @@ def _prompt_ids(loaded: LoadedModel, prompt: str, max_new: int, max_chars: int) 
     return ids
 
 
-def _render(template: str, item: Item) -> str:
+def _render(template: str, item: Item, limit: int = 4_000_000) -> str:
+    """The template with {name} replaced by the document's field: a plain substitution, never str.format (no
+    format specs, conversions, attribute or index access), `{{` and `}}` for literal braces. The result is
+    bounded: over `limit` characters the document fails before the string is built."""
+    import re
+
     _idx, cid, text, extra = item
     values = {**(extra or {}), "text": text, "custom_id": cid}
-    try:
-        return template.format_map(values)
-    except KeyError as exc:
-        raise JobFailure("invalid_input", f"template field {{{exc.args[0]}}} is missing from this document") from None
+    tokens = re.compile(r"\{\{|\}\}|\{([^\W\d]\w*)\}|[{}]")
+    pieces: list[str] = []
+    size = 0
+    pos = 0
+    for m in tokens.finditer(template):
+        literal = template[pos:m.start()]
+        tok = m.group(0)
+        if tok in ("{{", "}}"):
+            piece = tok[0]
+        elif m.group(1) is not None:
+            if m.group(1) not in values:
+                raise JobFailure("invalid_input", f"template field {tok} is missing from this document")
+            piece = str(values[m.group(1)])
+        else:
+            raise JobFailure("invalid_input", "the template has an unmatched brace; write {{ or }} for a literal one")
+        size += len(literal) + len(piece)
+        if size > limit:
+            raise JobFailure("invalid_input", f"the rendered prompt is over {limit} characters")
+        pieces += (literal, piece)
+        pos = m.end()
+    pieces.append(template[pos:])
+    return "".join(pieces)
 
 
 def _gather(futures: dict[int, list[Future]], failed: dict[int, JobFailure],
