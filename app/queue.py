@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task
 from kombu import Exchange, Queue
+from kombu.transport import redis as kredis
 
 from app.settings import Settings
 
@@ -22,6 +23,25 @@ GPU_TYPES = (
     "a6000", "rtx4090", "rtx3090", "v100", "t4", "mps", "cpu",
 )  # fmt: skip
 ANY = "any"
+
+
+class _RedisChannel(kredis.Channel):
+    """kombu's Redis channel, keeping one client object per channel for publishing: the stock one builds a new
+    redis.Redis (response callbacks and all) for every message it sends, two thirds of a publish's time here.
+    The client is thread-safe (it takes connections from the channel's pool); consuming is unchanged."""
+
+    _publish_client: Any = None
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        if asynchronous:
+            return super()._create_client(asynchronous=True)
+        if self._publish_client is None:
+            self._publish_client = super()._create_client()
+        return self._publish_client
+
+
+class RedisTransport(kredis.Transport):
+    Channel = _RedisChannel
 
 
 def queue_name(kind: str, gpu_type: str) -> str:
@@ -49,10 +69,13 @@ def broker_priority(broker_url: str, priority: int) -> int:
 def celery_config(settings: Settings) -> dict[str, Any]:
     url = settings.broker_url
     transport_options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout_s}
+    extra: dict[str, Any] = {}
     if url.startswith(("redis", "rediss", "sentinel")):
         transport_options.update(
             queue_order_strategy="priority", priority_steps=list(range(MAX_PRIORITY + 1)), sep=":"
         )
+    if url.startswith(("redis://", "rediss://")):
+        extra["broker_transport"] = "app.queue:RedisTransport"
     if url.startswith("filesystem"):
         folder = str(settings.broker_dir / "queue")
         transport_options.update(
@@ -85,6 +108,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "interval_step": 0.2,
             "interval_max": 0.5,
         },
+        **extra,
     }
 
 
