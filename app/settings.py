@@ -34,9 +34,16 @@ class Settings(BaseSettings):
     max_prompt_chars: int = 32_000
     max_new_tokens_limit: int = 4096
     max_wait_s: int = 60
+    max_waiting: int = Field(8, ge=0, description="long-polls (?wait=) one API process holds at once; past that "
+                             "they answer at once with Retry-After: 1 (0: no bound). `llmos api` sets its threads "
+                             "less 16, so 16 always serve everything else")
     default_timeout_s: int = 600
     max_timeout_s: int = 24 * 3600
     public_url: str = ""
+    rate_limit: str = Field("1200/minute", description="requests per key (N/second|minute|hour|day) unless the key "
+                            "has its own (`llmos keys create --rate-limit`); enough for any client that is not a "
+                            "runaway loop")
+    max_queued_jobs: int = Field(10_000, ge=1, description="queued jobs one owner may have at once (429 above)")
 
     # Files and batches
     files_dir: Path | None = Field(None, description="uploaded and batch result files; default data_dir/files")

@@ -145,7 +145,8 @@ def redis_url() -> str:
 
 def base_config(tmp_path: Path, **over: Any) -> dict[str, Any]:
     cfg: dict[str, Any] = {"env": "test", "data_dir": tmp_path / "data", "model_dir": MODEL_DIR,
-                           "heartbeat_interval_s": 1.0, "relay_interval_s": 1.0}
+                           "heartbeat_interval_s": 1.0, "relay_interval_s": 1.0,
+                           "rate_limit": "100000/minute"}  # tests of the limits set their own
     cfg.update(over)
     return cfg
 
@@ -189,6 +190,14 @@ def make_key(app: Any, owner: str) -> str:
 @pytest.fixture
 def key(app: Any) -> str:
     return make_key(app, "alice")
+
+
+@pytest.fixture
+def admin_key(app: Any) -> str:
+    from app.services import auth
+
+    with app.extensions["llmos"].db.session() as s:
+        return auth.create_key(session=s, owner_name="ops", scopes="admin")
 
 
 def auth(key: str) -> dict[str, str]:
