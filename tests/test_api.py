@@ -354,7 +354,7 @@ def test_cancel_a_queued_job(client, app, key):
     again = client.post(f"/jobs/{job['id']}/cancel", headers=auth(key))
     assert again.status_code == 200 and again.get_json()["status"] == "cancelled"
     events = client.get(f"/jobs/{job['id']}/events", headers=auth(key)).get_json()["data"]
-    assert [e["type"] for e in events] == ["cancelled", "queued"]
+    assert [e["type"] for e in events] == ["queued", "cancelled"]
     with db(app).session() as s:
         assert s.get(Job, job["id"]).status == "cancelled"
 
@@ -366,7 +366,7 @@ def test_cancel_a_running_job_asks_it_to_stop(client, app, key):
     r = client.post(f"/jobs/{job['id']}/cancel", headers=auth(key))
     assert r.status_code == 200 and r.get_json()["status"] == "cancelling"
     events = client.get(f"/jobs/{job['id']}/events", headers=auth(key)).get_json()["data"]
-    assert [e["type"] for e in events] == ["cancelling", "running", "queued"]
+    assert [e["type"] for e in events] == ["queued", "running", "cancelling"]
 
 
 def broker_backlog(broker: Any) -> tuple[int, int]:
@@ -393,7 +393,7 @@ def test_a_cancelled_queued_job_never_runs(client, app, key, pg, redis_url, star
     assert after["output"] is None
     events = client.get(f"/jobs/{cancelled['id']}/events", headers=auth(key)).get_json()["data"]
     assert "running" not in [e["type"] for e in events]
-    assert [e["type"] for e in events] == ["cancelled", "queued"]
+    assert [e["type"] for e in events] == ["queued", "cancelled"]
     # both messages were taken off the broker and acknowledged: the cancelled one was delivered and skipped
     deadline = time.monotonic() + 10
     while broker_backlog(broker) != (0, 0) and time.monotonic() < deadline:
@@ -499,7 +499,7 @@ def test_job_events(client, app, key):
     assert r.status_code == 200
     body = r.get_json()
     assert body["next_cursor"] is None
-    cancelled, queued = body["data"]
+    queued, cancelled = body["data"]
     assert queued["type"] == "queued" and cancelled["type"] == "cancelled"
     for ev in body["data"]:
         assert set(ev) >= {"id", "type", "created_at", "message", "data"}
@@ -509,10 +509,10 @@ def test_job_events(client, app, key):
     assert "generate.any" in queued["message"]
 
     page1 = client.get(f"/jobs/{job['id']}/events?limit=1", headers=auth(key)).get_json()
-    assert [e["type"] for e in page1["data"]] == ["cancelled"] and page1["next_cursor"]
+    assert [e["type"] for e in page1["data"]] == ["queued"] and page1["next_cursor"]
     page2 = client.get(f"/jobs/{job['id']}/events?limit=1&cursor={page1['next_cursor']}",
                        headers=auth(key)).get_json()
-    assert [e["type"] for e in page2["data"]] == ["queued"] and page2["next_cursor"] is None
+    assert [e["type"] for e in page2["data"]] == ["cancelled"] and page2["next_cursor"] is None
     with db(app).session() as s:
         assert s.scalar(select(func.count()).select_from(JobEvent).where(JobEvent.job_id == job["id"])) == 2
 

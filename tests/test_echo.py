@@ -48,7 +48,7 @@ def test_echo_on_postgres_and_redis(client, key, pg, redis_url, start_worker):
     assert body["status"] == "succeeded" and body["output"] == payload, body
     assert time.monotonic() - t0 < 10
     events = client.get(f"/jobs/{job['id']}/events", headers=auth(key)).get_json()["data"]
-    assert [e["type"] for e in reversed(events)] == ["queued", "running", "succeeded"]
+    assert [e["type"] for e in events] == ["queued", "running", "succeeded"]
 
     # the long-poll returns when the job ends, not at the end of its wait
     job = client.post("/jobs", json=echo({"n": 1}, params={"sleep_s": 1.0}), headers=auth(key)).get_json()

@@ -45,7 +45,7 @@ def test_generate_on_postgres_and_redis(client, key, admin_key, pg, redis_url, s
     assert body["metadata"] == {"run": "it"}
     assert body["started_at"] and body["finished_at"]
     events = client.get(f"/jobs/{job_id}/events", headers=auth(key)).get_json()["data"]
-    assert [e["type"] for e in reversed(events)] == ["queued", "running", "succeeded"]
+    assert [e["type"] for e in events] == ["queued", "running", "succeeded"]
     workers = client.get("/workers", headers=auth(admin_key)).get_json()["data"]
     mine = [x for x in workers if x["id"] == body["worker_id"]]
     assert mine and mine[0]["alive"] and mine[0]["gpu_type"] == "cpu"

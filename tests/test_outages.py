@@ -105,7 +105,7 @@ def test_sigterm_lets_short_jobs_finish_and_hands_long_ones_back(make_app, pg, o
     done = wait_status(client, key, long["id"], ("succeeded", "failed"), timeout=90)
     assert done["status"] == "succeeded" and done["attempts"] == 2 and str(b.proc.pid) in done["worker_id"]
     assert done["output"] == {"n": 2}
-    types = [e["type"] for e in reversed(client.get(f"/jobs/{long['id']}/events", headers=auth(key))
+    types = [e["type"] for e in (client.get(f"/jobs/{long['id']}/events", headers=auth(key))
                                          .get_json()["data"])]
     types = [t for t in types if t != "progress"]  # progress events come and go with timing
     assert types == ["queued", "running", "retry", "running", "succeeded"], types

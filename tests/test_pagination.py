@@ -62,7 +62,8 @@ def walk(client: Any, key: str, path: str) -> list[dict[str, Any]]:
     seen: list[dict[str, Any]] = []
     cursor: str | None = None
     for _ in range(N):  # a cursor that never ends fails here, not by hanging
-        r = client.get(f"{path}?limit={PAGE}" + (f"&cursor={cursor}" if cursor else ""), headers=auth(key))
+        sep = "&" if "?" in path else "?"
+        r = client.get(f"{path}{sep}limit={PAGE}" + (f"&cursor={cursor}" if cursor else ""), headers=auth(key))
         assert r.status_code == 200, r.get_json()
         body = r.get_json()
         assert len(body["data"]) <= PAGE
@@ -166,9 +167,11 @@ def test_events_list_walks_every_event_once(env, clock):
     seen = walk(client, key, f"/jobs/{job_id}/events")
     check_once(seen, expected)
     stamps = [e["created_at"] for e in seen]
-    assert stamps == sorted(stamps, reverse=True) and len(set(stamps)) < len(stamps)
+    assert stamps == sorted(stamps) and len(set(stamps)) < len(stamps)
     progress = [e["data"]["done"] for e in seen if e["type"] == "progress"]
-    assert progress == list(range(N, 0, -1))  # ties on created_at fall back to the id: newest first still
+    assert progress == list(range(1, N + 1))  # ties on created_at fall back to the id: oldest first still
+    newest = walk(client, key, f"/jobs/{job_id}/events?order=desc")
+    assert [e["id"] for e in newest] == [e["id"] for e in reversed(seen)]
 
 
 def test_webhook_deliveries_list_walks_every_delivery_once_in_send_order(env, clock):

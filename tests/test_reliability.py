@@ -33,7 +33,7 @@ def env(make_app, pg, own_redis):
 
 
 def event_types(client, key, job_id):
-    return [e["type"] for e in reversed(client.get(f"/jobs/{job_id}/events?limit=100", headers=auth(key))
+    return [e["type"] for e in (client.get(f"/jobs/{job_id}/events?limit=100", headers=auth(key))
                                         .get_json()["data"])]
 
 

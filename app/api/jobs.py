@@ -66,7 +66,7 @@ class JobEvents(AuthResource):
     def get(self, job_id: str) -> dict:
         limit, cursor = self.page_args()
         with platform().db.session() as session:
-            order = request.args.get("order", "desc")
+            order = request.args.get("order") or "asc"
             if order not in ("asc", "desc"):
                 raise InvalidInput("order must be asc (oldest first) or desc (newest first)", field="order")
             rows, next_cursor = jobs.list_events(session=session, owner_id=self.owner_id, job_id=job_id,

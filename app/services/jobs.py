@@ -211,9 +211,9 @@ def list_jobs(
 
 
 def list_events(
-    *, session: Session, owner_id: int, job_id: str, limit: int, cursor: str | None, order: str = "desc",
+    *, session: Session, owner_id: int, job_id: str, limit: int, cursor: str | None, order: str = "asc",
 ) -> tuple[list[JobEvent], str | None]:
-    """A job's timeline: newest first, or `order="asc"` oldest first."""
+    """A job's timeline: oldest first, or `order="desc"` newest first."""
     get_job(session=session, owner_id=owner_id, job_id=job_id)
     how = paginate_oldest_first if order == "asc" else paginate
     stmt = how(select(JobEvent).where(JobEvent.job_id == job_id), created=JobEvent.created_at,
