@@ -192,3 +192,6 @@ def test_a_client_that_goes_away_cancels_its_job(live_api, key, worker, client):
             break
     assert job["status"] == "cancelled", job
     assert job["usage"] is None or job["usage"].get("completion_tokens", 0) < 4096
+    # what it had generated is kept
+    assert job["output"]["finish_reason"] == "cancelled" and job["output"]["text"]
+    assert 0 < job["output"]["completion_tokens"] < 4096

@@ -64,7 +64,8 @@ class Choice(_Strict):
 
 class GenerateOutput(_Strict):
     text: str
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "cancelled", "timeout"] = Field(
+        description="cancelled / timeout: the job stopped, and this is what it had generated")
     choices: list[Choice] | None = Field(None, description="every choice when params.n > 1 (the first is text)")
 
 

@@ -239,6 +239,11 @@ class GenerationEngine:
         return GenResult(text=text, finish_reason=reason, prompt_tokens=len(r.prompt_ids),
                          completion_tokens=len(toks), seconds=time.monotonic() - row.t0, batch_size=row.batch_size)
 
+    def _partial(self, row: _Row, reason: str) -> dict[str, Any]:
+        """What a stopped request had generated: kept as the job's output, so a cancel loses nothing."""
+        res = self._result(row, reason)
+        return {"text": res.text, "finish_reason": reason, "completion_tokens": res.completion_tokens}
+
     def masks(self, allowed: torch.Tensor) -> Any:
         """The additive attention mask(s) for `allowed` [rows, 1, queries, columns] (True: may attend); a dict
         per layer type for models with sliding-window layers."""
@@ -446,9 +451,11 @@ class _Batch:
             if reason is not None:
                 r.future.set_result(eng._result(row, reason))
             elif r.cancel.is_set():
-                r.future.set_exception(JobFailure("cancelled", "cancelled while running"))
+                r.future.set_exception(JobFailure("cancelled", "cancelled while running",
+                                                  output=eng._partial(row, "cancelled")))
             elif expired[i]:
-                r.future.set_exception(JobFailure("timeout", "the job ran past its timeout_s"))
+                r.future.set_exception(JobFailure("timeout", "the job ran past its timeout_s",
+                                                  output=eng._partial(row, "timeout")))
             else:
                 continue
             finished.append(i)
