@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import secrets
 import subprocess
 import sys
@@ -22,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 REQUIRE = os.environ.get("LLMOS_REQUIRE_SERVICES") == "1"
 PG_ADMIN = os.environ.get("LLMOS_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("LLMOS_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
-MODEL_DIR = Path(os.environ.get("LLMOS_TEST_MODEL_DIR", ROOT / ".llmos" / "test-models"))
+# converted test models, kept between runs outside the checkout (the conversion takes ~40 s; the files ~260 MB)
+MODEL_DIR = Path(os.environ.get("LLMOS_TEST_MODEL_DIR", Path(tempfile.gettempdir()) / "llmos-test-models"))
 
 
 # ---- the jobs table belongs to the lifecycle core ------------------------------------------------------------
