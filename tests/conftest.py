@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import secrets
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
