@@ -44,6 +44,8 @@ class Settings(BaseSettings):
                             "has its own (`llmos keys create --rate-limit`); enough for any client that is not a "
                             "runaway loop")
     max_queued_jobs: int = Field(10_000, ge=1, description="queued jobs one owner may have at once (429 above)")
+    max_running_jobs: int = Field(0, ge=0, description="jobs of one owner running at once (0: no limit); a worker "
+                                  "that would start one more puts it back for 2 s (read by the workers)")
 
     # Files and batches
     files_dir: Path | None = Field(None, description="uploaded and batch result files; default data_dir/files")

@@ -144,3 +144,16 @@ def test_queued_jobs_quota(make_app, pg, redis_url):
     r = client.post("/jobs", json=ECHO, headers=auth(k))
     assert r.get_json()["error"]["code"] == "quota_exceeded" and r.headers["Retry-After"]
     assert client.post("/jobs", json=ECHO, headers=auth(make_key(app, "calm"))).status_code == 202
+
+
+def test_running_jobs_quota_holds_the_rest_queued(app, client, key, pg, redis_url, start_worker):
+    start_worker(pg, redis_url, "--gpu-type", "cpu", "--concurrency", "4", LLMOS_MAX_RUNNING_JOBS="1")
+    ids = [client.post("/jobs", json={"kind": "echo", "input": {"i": i}, "params": {"sleep_s": 1.0}},
+                       headers=auth(key)).get_json()["id"] for i in range(3)]
+    from tests.conftest import wait_status
+
+    done = [wait_status(client, key, j, ("succeeded", "failed"), timeout=90) for j in ids]
+    assert [d["status"] for d in done] == ["succeeded"] * 3
+    spans = sorted((d["started_at"], d["finished_at"]) for d in done)
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start >= end, spans  # one at a time although the worker had four threads free

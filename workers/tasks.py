@@ -39,11 +39,22 @@ def run_job(self: Any, job_id: str) -> None:
 def _run_job(self: Any, job_id: str) -> None:
     rt = runtime()
     rt.took_message()
+    limit = rt.platform.settings.max_running_jobs
+    over = False
+
+    def take(s: Any) -> lifecycle.Claim | None:
+        nonlocal over
+        over = limit > 0 and lifecycle.owner_at_quota(s, job_id=job_id, max_running=limit)
+        return None if over else lifecycle.claim(s, job_id=job_id, worker_id=rt.worker_id)
+
     try:
-        claim = rt.platform.db.run(lambda s: lifecycle.claim(s, job_id=job_id, worker_id=rt.worker_id))
+        claim = rt.platform.db.run(take)
     except TRANSIENT_DB as exc:  # database unreachable: try this message again later, bounded
         log.warning("job=%s claim failed (database unavailable), retry %d", job_id, self.request.retries + 1)
         raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 30)) from None
+    if over:  # the owner's quota of running jobs is full: the same message again in 2 s, the job stays queued
+        log.info("job=%s waits: its owner runs LLMOS_MAX_RUNNING_JOBS jobs already", job_id)
+        raise self.retry(countdown=2, max_retries=None)
     if claim is None:
         log.info("job=%s not queued any more (duplicate delivery or cancelled); skipped", job_id)
         return

@@ -277,6 +277,20 @@ def claim(session: Session, *, job_id: str, worker_id: str) -> Claim | None:
                  url is not None, created_at)
 
 
+def owner_at_quota(session: Session, *, job_id: str, max_running: int) -> bool:
+    """Whether the owner of this queued job already runs `max_running` jobs; called in the claim's transaction.
+    On PostgreSQL the owner's claims queue behind a transaction lock here, so that two workers cannot both take
+    the last free place (SQLite runs one write transaction at a time anyway)."""
+    owner = session.scalar(select(Job.owner_id).where(Job.id == job_id))
+    if owner is None:
+        return False
+    if _dialect(session) == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"llmos-running:{owner}"))))
+    running = session.scalar(select(func.count()).select_from(Job).where(
+        Job.owner_id == owner, Job.status.in_((JobStatus.running, JobStatus.cancelling))))
+    return int(running or 0) >= max_running
+
+
 def progress(session: Session, *, job_id: str, attempt: int, done: int, total: int, message: str = "",
              **metrics: Any) -> bool:
     """job.progress = {done, total, fraction, message, **metrics}; a `progress` event and webhook with the same."""
