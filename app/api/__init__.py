@@ -107,7 +107,7 @@ def check_request() -> None:
 
 
 def init_api(app: Flask) -> None:
-    from app.api import batches, files, health, jobs, keys, kinds, models, openapi, v1, webhooks, workers
+    from app.api import batches, files, health, jobs, keys, kinds, models, openapi, queues, ui, v1, webhooks, workers
 
     app.url_map.merge_slashes = False  # /jobs//cancel is no job's path: a 404, not a redirect to /jobs/cancel
     api = JsonApi(app, catch_all_404s=True)
@@ -131,11 +131,13 @@ def init_api(app: Flask) -> None:
     api.add_resource(models.ModelList, "/models")
     api.add_resource(models.ModelItem, "/models/<path:name>")
     api.add_resource(workers.WorkerList, "/workers")
+    api.add_resource(queues.QueueList, "/queues")
     api.add_resource(kinds.KindList, "/kinds")
     api.add_resource(keys.KeyList, "/keys")
     api.add_resource(keys.KeyRevoke, "/keys/<int:key_id>/revoke")
     v1.register(api)
     openapi.register(app)
+    ui.register(app)  # the dashboard at /ui: static files, no key
 
     app.before_request(check_request)
     if "gunicorn" in sys.modules:  # served by gunicorn: its own 400/414/431 answers in JSON too
