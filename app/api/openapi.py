@@ -23,6 +23,7 @@ from flask import Flask, Response, current_app, jsonify, send_from_directory
 from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model
 from pydantic.json_schema import models_json_schema
 
+from app.api.queues import QueuePublic
 from app.batch_schemas import BatchCreate, BatchPublic, FilePublic, FileUpload
 from app.jobs import kinds
 from app.schemas import (
@@ -45,7 +46,8 @@ from app.services.openai.batches import BatchRequest
 from app.services.openai.completions import ChatRequest, CompletionRequest, EmbeddingRequest
 
 TITLE = "LLM OS"
-UNDOCUMENTED = {"static", "openapi_json", "openapi_docs", "openapi_docs_asset"}
+UNDOCUMENTED = {"static", "openapi_json", "openapi_docs", "openapi_docs_asset",
+                "ui.index", "ui.index_slash", "ui.asset"}  # the dashboard's page and files (app.api.ui)
 
 # ---- /v1 shapes: what the official `openai` client reads (extra fields allowed, as OpenAI adds them) ----------
 
@@ -355,6 +357,8 @@ def operations() -> dict[tuple[str, str], Op]:
         ("/models/{name}", "delete"): Op("Delete a fine-tuned model of yours", None, tag="models"),
         ("/workers", "get"): Op("Workers (admin keys) or capacity by GPU type (other keys)", WorkerEntry,
                                 list_of=True, tag="ops"),
+        ("/queues", "get"): Op("Queues: jobs waiting, the oldest one's age, jobs running and live workers, per queue",
+                               QueuePublic, list_of=True, tag="ops"),
         ("/kinds", "get"): Op("Job kinds and their JSON schemas", KindPublic, list_of=True, tag="jobs"),
         ("/keys", "get"): Op("API keys (admin keys only; never the secret)", AnyObject,
                              params=(Param("owner", {"type": "string"}),), list_of=True, tag="keys"),
