@@ -15,6 +15,7 @@ from app.jobs.signals import Streams, Waiters, bus_for
 from app.platform import Platform, platform
 from app.queue import Publisher, celery_init_app
 from app.services.lookups import Lookups
+from app.services.result_cache import ResultCache
 from app.settings import load_settings
 
 
@@ -29,7 +30,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.extensions["llmos"] = Platform(settings=settings, db=db, publisher=publisher, bus=bus,
                                        dispatcher=Dispatcher(db, publisher),
                                        waiters=Waiters(bus, ENDED, settings.max_waiting), lookups=Lookups(bus),
-                                       streams=Streams(bus, ENDED))
+                                       streams=Streams(bus, ENDED), result_cache=ResultCache(settings, db))
     from app.api import init_api
     from app.api.limits import init_limits
     from app.api.ops import init_ops  # request ids, access log, /metrics, /readyz (first: every request gets an id)

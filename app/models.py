@@ -140,6 +140,7 @@ class Job(Base):
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
     request_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    cache_key: Mapped[str | None] = mapped_column(String(64), default=None)  # its result is cached (result_cache)
     worker_id: Mapped[str | None] = mapped_column(String(255), default=None)
     webhook: Mapped[str | None] = mapped_column(Text, default=None)
     webhook_events: Mapped[list[str] | None] = mapped_column(JSON, default=None)
@@ -172,6 +173,19 @@ class Outbox(Base):
     priority: Mapped[int] = mapped_column(Integer, default=5)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class ResultCacheEntry(Base):
+    """A deterministic job's result, kept for the same owner's identical request (the embedded default's store;
+    services keep these in Redis)."""
+
+    __tablename__ = "result_cache"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"))
+    output: Mapped[dict[str, Any]] = mapped_column(JSON)
+    usage: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    expires_at: Mapped[datetime] = mapped_column()
 
 
 class ModelEntry(Base):

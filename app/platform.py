@@ -11,6 +11,7 @@ from app.jobs.dispatch import Dispatcher
 from app.jobs.signals import Bus, Streams, Waiters
 from app.queue import Publisher
 from app.services.lookups import Lookups
+from app.services.result_cache import ResultCache
 from app.settings import Settings
 
 
@@ -28,6 +29,7 @@ class Platform:
     waiters: Waiters
     lookups: Lookups
     streams: Streams  # text of streaming jobs on its way from the workers to this process's clients
+    result_cache: ResultCache
 
 
 def platform() -> Platform:

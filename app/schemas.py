@@ -93,6 +93,7 @@ class JobCreate(_Strict):
     metadata: dict[str, str] = Field(default_factory=dict)
     webhook: str | None = Field(None, min_length=1, max_length=2048)
     webhook_events: list[WebhookEvent] | None = Field(None, min_length=1)
+    cache: bool = Field(True, description="false: never answer from the result cache (nor store this result)")
 
     @field_validator("webhook_events")
     @classmethod

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
                             "has its own (`llmos keys create --rate-limit`); enough for any client that is not a "
                             "runaway loop")
     max_queued_jobs: int = Field(10_000, ge=1, description="queued jobs one owner may have at once (429 above)")
+    result_cache_ttl_s: float = Field(3600.0, ge=0, description="how long a deterministic result is kept for the same "
+                                      "owner's identical request (0: no result cache)")
+    result_cache_max_entries: int = Field(10_000, ge=0, description="results kept at most; the oldest go first")
+    result_cache_max_entry_bytes: int = Field(1_000_000, ge=0, description="larger results are not cached")
     max_running_jobs: int = Field(0, ge=0, description="jobs of one owner running at once (0: no limit); a worker "
                                   "that would start one more puts it back for 2 s (read by the workers)")
 

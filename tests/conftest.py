@@ -108,7 +108,7 @@ def pg_url(pg_server: str) -> Iterator[str]:
 
 
 TABLES = ("webhook_attempts", "webhook_deliveries", "webhook_settings", "job_events", "outbox", "jobs", "api_keys",
-          "owners", "workers", "models", "checkpoints", "batch_items", "batches", "files")
+          "owners", "workers", "models", "checkpoints", "batch_items", "batches", "files", "result_cache")
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from migrations import alembic_config, upgrade
 from tests.conftest import create_pg_database, drop_pg_database
 
 TABLES = {"owners", "api_keys", "jobs", "job_events", "outbox", "models", "workers", "webhook_settings",
-          "webhook_deliveries", "webhook_attempts", "files", "batches", "batch_items", "checkpoints"}
+          "webhook_deliveries", "webhook_attempts", "files", "batches", "batch_items", "checkpoints", "result_cache"}
 
 
 def heads() -> tuple[str, ...]:

@@ -94,6 +94,9 @@ def _run_job(self: Any, job_id: str) -> None:
                                                         usage=outcome.usage, also=outcome.also), single=single)
         code, status = None, "succeeded"
         log.info("job=%s state=succeeded stored=%s", job_id, stored)
+        if stored and claim.cache_key is not None:  # the same request from the same owner is answered from here
+            rt.platform.result_cache.put(claim.cache_key, owner_id=claim.owner_id, output=outcome.output,
+                                         usage=outcome.usage)
         ended, usage = "succeeded", outcome.usage
     finally:
         rt.job_ended(job_id)

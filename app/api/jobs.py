@@ -20,12 +20,12 @@ class JobList(AuthResource):
         if key is not None and not 1 <= len(key) <= 255:
             raise InvalidInput("Idempotency-Key must be 1 to 255 characters", field="Idempotency-Key")
         job, publish = jobs.create_job(db=p.db, lookups=p.lookups, settings=p.settings, owner_id=self.owner_id,
-                                       spec=spec, body=body, idempotency_key=key)
+                                       spec=spec, body=body, idempotency_key=key, cache=p.result_cache)
         if publish is not None:
             p.dispatcher.publish([publish])
         public = job_public(job, self.base_url())
         headers = {"Location": public["urls"]["get"]}
-        if publish is None:
+        if publish is None and key is not None and not (job.usage or {}).get("cached"):
             headers["Idempotent-Replayed"] = "true"
         return public, 202, headers
 

@@ -62,7 +62,7 @@ JOBS = cast(Table, Job.__table__)
 _SUBMIT_COLUMNS = [(a.columns[0].name, a.key) for a in inspect(Job).column_attrs if a.key in (
     "id", "owner_id", "kind", "model", "input", "params", "gpu", "queue", "priority", "batch_id", "status",
     "attempts", "max_attempts", "timeout_s", "metadata_", "idempotency_key", "request_hash", "webhook",
-    "webhook_events", "created_at", "updated_at")]
+    "webhook_events", "created_at", "updated_at", "cache_key")]
 _SUBMIT_SQL = text(
     f"WITH j AS (INSERT INTO jobs ({', '.join(c for c, _ in _SUBMIT_COLUMNS)}) "
     f"VALUES ({', '.join(':' + c for c, _ in _SUBMIT_COLUMNS)}) RETURNING id, queue, priority), "
@@ -211,6 +211,26 @@ def submit(session: Session | Connection, job: Job, *, warning: str | None = Non
     return int(outbox_id)
 
 
+def submit_answered(session: Session, job: Job, *, output: dict[str, Any], usage: dict[str, Any],
+                    message: str) -> None:
+    """A new job that is already answered (from the result cache): inserted succeeded, with its `queued` and
+    `succeeded` events and its completion webhook, in the caller's transaction; nothing is published."""
+    now = utcnow()
+    job.status = JobStatus.succeeded
+    job.attempts = 0
+    job.created_at = job.updated_at = job.finished_at = now
+    job.output, job.usage = output, usage
+    if job.metadata_ is None:
+        job.metadata_ = {}
+    session.add(job)
+    session.flush()
+    _events(session, [{"job_id": job.id, "type": "queued", "message": f"queued on {job.queue}",
+                       "data": {"queue": job.queue, "priority": job.priority}},
+                      {"job_id": job.id, "type": "succeeded", "message": message, "data": {"cached": True}}])
+    _webhook(session, job.id, "job.succeeded", job.webhook, job.webhook_events)
+    note(session, ENDED, job.id)
+
+
 def submit_many(session: Session, rows: list[dict[str, Any]]) -> list[tuple[int, str, str, int]]:
     """Many new queued jobs at once (a batch's chunks): bulk inserts, no per-row round trip.
     Returns (outbox id, job id, queue, priority) for the fast path."""
@@ -256,6 +276,7 @@ class Claim:
     started_at: datetime
     has_webhook: bool = False  # its outcome has a delivery to queue: it cannot be a single statement
     created_at: datetime | None = None  # when it was submitted (queued -> running time, in the worker's metrics)
+    cache_key: str | None = None  # its result goes to the result cache under this key
 
 
 def claim(session: Session, *, job_id: str, worker_id: str) -> Claim | None:
@@ -264,17 +285,17 @@ def claim(session: Session, *, job_id: str, worker_id: str) -> Claim | None:
     row = _cas(session, "claim", job_id, None,
                {"attempts": Job.attempts + 1, "worker_id": worker_id, "started_at": now, "progress": None},
                Job.kind, Job.model, Job.input, Job.params, Job.timeout_s, Job.attempts, Job.owner_id, Job.batch_id,
-               Job.created_at, event=("running", f"started on {worker_id}", {"worker_id": worker_id}))
+               Job.created_at, Job.cache_key, event=("running", f"started on {worker_id}", {"worker_id": worker_id}))
     if row is None:
         return None
-    kind, model, input_, params, timeout_s, attempt, owner_id, batch_id, created_at, url, events = row
+    kind, model, input_, params, timeout_s, attempt, owner_id, batch_id, created_at, cache_key, url, events = row
     if batch_id is not None:  # the batch starts with its first chunk
         session.execute(update(Batch).where(Batch.id == batch_id, Batch.status == JobStatus.queued)
                         .values(status=JobStatus.running, started_at=now, updated_at=now),
                         execution_options=_NO_SYNC)
     _webhook(session, job_id, "job.started", url, events)
     return Claim(job_id, kind, model, dict(input_), dict(params or {}), timeout_s, attempt, owner_id, batch_id, now,
-                 url is not None, created_at)
+                 url is not None, created_at, cache_key)
 
 
 def owner_at_quota(session: Session, *, job_id: str, max_running: int) -> bool:

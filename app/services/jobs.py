@@ -24,8 +24,10 @@ from app.jobs.states import TERMINAL, JobStatus
 from app.models import Job, JobEvent, ModelEntry
 from app.queue import ANY, queue_name
 from app.schemas import DEFAULT_WEBHOOK_EVENTS, ValidatedJob
+from app.services import result_cache
 from app.services.lookups import Lookups
 from app.services.pagination import page, paginate, paginate_oldest_first
+from app.services.result_cache import ResultCache
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -116,10 +118,11 @@ def find_by_idempotency_key(*, session: Session, owner_id: int, key: str) -> Job
 
 def create_job(
     *, db: Database, lookups: Lookups, settings: Settings, owner_id: int, spec: ValidatedJob, body: Any,
-    idempotency_key: str | None,
+    idempotency_key: str | None, cache: ResultCache | None = None,
 ) -> tuple[Job, tuple[int, str, str, int] | None]:
     """Submit in one transaction. Returns the job and its outbox row to publish (None for an idempotent replay:
-    the same key and body give the first job back)."""
+    the same key and body give the first job back; and for a request the result cache answered, whose job is
+    written already succeeded)."""
     env = spec.envelope
     kind = kinds.get(env.kind)
     assert kind is not None
@@ -140,6 +143,13 @@ def create_job(
     webhook_events: list[str] | None = list(env.webhook_events) if env.webhook_events else None
     if webhook is None:
         webhook, webhook_events = lookups.default_webhook(db, owner_id) or (None, None)
+    key: str | None = None
+    hit = None
+    if cache is not None and cache.enabled and env.cache and model is not None \
+            and result_cache.cacheable(env.kind, spec.params):
+        key = result_cache.cache_key(owner_id=owner_id, model_fingerprint=model.fingerprint, kind=env.kind,
+                                     input=spec.input, params=spec.params)
+        hit = cache.get(key)
 
     def new_job() -> Job:
         return Job(
@@ -149,6 +159,7 @@ def create_job(
             max_attempts=kind.max_attempts, metadata_=env.metadata, idempotency_key=idempotency_key,
             request_hash=body_hash, webhook=webhook,
             webhook_events=list(webhook_events or DEFAULT_WEBHOOK_EVENTS) if webhook else None,
+            cache_key=key,
         )
 
     def write(session: Session | Connection) -> tuple[Job, tuple[int, str, str, int] | None]:
@@ -161,13 +172,20 @@ def create_job(
             kinds.load(kind.check)(session=session, settings=settings, owner_id=owner_id, base=entry,
                                    input=spec.input, params=spec.params)
         job = new_job()
+        if hit is not None:  # answered without a model: the job is written succeeded, nothing is published
+            assert isinstance(session, Session)
+            job.cache_key = None
+            lifecycle.submit_answered(session, job, output=hit[0], usage={**(hit[1] or {}), "cached": True},
+                                      message="answered from the result cache")
+            return job, None
         outbox_id = lifecycle.submit(session, job, warning=warning,
                                      warning_data={"code": "no_worker_for_gpu", "gpu": gpu} if warning else None)
         return job, (outbox_id, job.id, job.queue, job.priority)
 
     try:
+        # the common case: one statement, atomic alone (no BEGIN, no COMMIT)
         if (db.engine.dialect.name == "postgresql" and idempotency_key is None and kind.check is None
-                and warning is None):  # the common case: one statement, atomic alone (no BEGIN, no COMMIT)
+                and warning is None and hit is None):
             done = db.run_statement(write)
         else:
             done = db.run(write)

@@ -75,10 +75,13 @@ class ModelInfo:
     default_gpu: str | None
     owner_id: int | None
     base_model: str | None
+    fingerprint: str = ""  # changes when the model is replaced, or deleted and registered again
 
 
 def model_info(m: ModelEntry) -> ModelInfo:
-    return ModelInfo(m.name, m.kind, m.default_gpu, m.owner_id, m.base_model)
+    fingerprint = ":".join(str(x) for x in (m.name, m.version, m.source_type, m.source, m.adapter_path, m.job_id,
+                                            m.created_at.isoformat() if m.created_at else ""))
+    return ModelInfo(m.name, m.kind, m.default_gpu, m.owner_id, m.base_model, fingerprint)
 
 
 def forget(session: Session, what: str) -> None:

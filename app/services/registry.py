@@ -81,6 +81,8 @@ def add_model(
         raise InvalidInput(f"model {name!r} is already registered", field="name", code="conflict", status=409)
     entry = existing or ModelEntry(name=name)
     entry.kind, entry.source_type, entry.source, entry.default_gpu = kind, source_type, str(p), default_gpu
+    if existing is not None:  # replaced: a new version (cached results of the old one are not used again)
+        entry.version = str(int(entry.version) + 1) if entry.version.isdigit() else f"{entry.version}.1"
     session.add(entry)
     session.flush()
     forget(session, f"model:{name}")
