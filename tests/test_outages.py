@@ -88,7 +88,10 @@ def test_sigterm_lets_short_jobs_finish_and_hands_long_ones_back(make_app, pg, o
         w = start_worker(pg, own_redis.url, "--gpu-type", "cpu", "--concurrency", "4", LLMOS_SHUTDOWN_GRACE_S="3",
                          **FAST)
         job = client.post("/jobs", json=job_body, headers=auth(key)).get_json()
-        wait_status(client, key, job["id"], ("running",))  # echo jobs: running for as long as they sleep
+        try:
+            wait_status(client, key, job["id"], ("running",))  # echo jobs: running for as long as they sleep
+        except AssertionError as exc:  # say what the worker was doing
+            raise AssertionError(f"{exc}\n--- worker log ---\n{w.log()[-4000:]}") from None
         t0 = time.monotonic()
         w.proc.send_signal(signal.SIGTERM)
         w.proc.wait(timeout=30)
