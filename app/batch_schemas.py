@@ -41,6 +41,9 @@ class GenerateTask(_Strict):
 
 
 class ClassifyTask(_Strict):
+    """On a causal LM: zero-shot, the label most likely after the instruction (labels required). On a fine-tuned
+    classifier: its own labels with probabilities (labels, if given, narrow them)."""
+
     type: Literal["classify"]
     labels: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(None, min_length=2,
                                                                                      max_length=64)
@@ -48,13 +51,16 @@ class ClassifyTask(_Strict):
 
     @field_validator("labels")
     @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
+    def _unique(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
             raise ValueError("labels must be unique")
         return v
-    """On a causal LM: zero-shot, the label most likely after the instruction (labels required). On a fine-tuned
-    classifier: its own labels with probabilities (labels, if given, narrow them)."""
 
+
+class NerTask(_Strict):
+    """Entities (type, text, start, end, score) of each document, from a fine-tuned token classifier."""
+
+    type: Literal["ner"]
 
 
 class ExtractTask(_Strict):
@@ -63,16 +69,10 @@ class ExtractTask(_Strict):
 
     @field_validator("fields")
     @classmethod
-    def _unique(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None and len(set(v)) != len(v):
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
             raise ValueError("fields must be unique")
         return v
-class NerTask(_Strict):
-    """Entities (type, text, start, end, score) of each document, from a fine-tuned token classifier."""
-
-    type: Literal["ner"]
-
-
 
 
 class EmbedTask(_Strict):

@@ -86,8 +86,8 @@ def test_rerank_plugin_through_the_api_and_a_broken_plugin_skipped(client, key, 
 
     # a worker with the same broken plugin installed starts, says why it skipped it, and runs the plugin's jobs
     hook_file = tmp_path / "hook.jsonl"
-    w = start_worker(pg, redis_url, "--gpu-type", "cpu", "--concurrency", "2", ready_timeout=180, PYTHONPATH=str(broken_plugin),
-                     LLMOS_RERANK_HOOK_FILE=str(hook_file))
+    w = start_worker(pg, redis_url, "--gpu-type", "cpu", "--concurrency", "2", ready_timeout=180,
+                     PYTHONPATH=str(broken_plugin), LLMOS_RERANK_HOOK_FILE=str(hook_file))
     docs = ["Stock markets fell sharply on Monday.", "The cat slept on the mat all afternoon.",
             "A recipe for tomato soup."]
     r = client.post("/jobs", headers=auth(key), json={"kind": "rerank", "model": "all-minilm-l6-v2",

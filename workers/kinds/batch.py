@@ -221,29 +221,6 @@ def score_continuations(loaded: LoadedModel, rows: list[tuple[list[int], list[in
     return scores
 
 
-def run_classify(work: ChunkWork, loaded: LoadedModel, rt: WorkerRuntime, cancel: Any) -> list[ItemResult]:
-    _gen_engine(loaded)
-    labels: list[str] = work.task["labels"]
-    tok = loaded.tokenizer
-    label_ids = [tok(" " + label, add_special_tokens=False)["input_ids"] or [tok.eos_token_id] for label in labels]
-    longest = max(len(x) for x in label_ids)
-    rows: list[tuple[list[int], list[int]]] = []
-    owners: list[int] = []
-    out: dict[int, ItemResult] = {}
-    for idx, _cid, text, _extra in work.items:
-        try:
-            prompt = _prompt_ids(loaded, classify_prompt(text, labels, work.task.get("instruction", "")), longest,
-                                 rt.platform.settings.max_prompt_chars)
-        except JobFailure as exc:
-            out[idx] = ItemResult(idx, error_code=exc.code, error_message=exc.message)
-            continue
-        for ids in label_ids:
-            rows.append((prompt, ids))
-            owners.append(idx)
-    if cancel.is_set():
-        raise JobFailure("cancelled", "worker stopping")
-    scores = score_continuations(loaded, rows, rt.platform.settings.worker_max_batch) if rows else []
-    per_doc: dict[int, list[float]] = {}
 def _encoder_texts(work: ChunkWork, rt: WorkerRuntime) -> tuple[dict[int, ItemResult], list[Item]]:
     """The documents an encoder can take, and a failed result for each one over the length limit."""
     limit = rt.platform.settings.max_prompt_chars
@@ -279,9 +256,32 @@ def run_ner(work: ChunkWork, loaded: LoadedModel, rt: WorkerRuntime, cancel: Any
     return [out[item[0]] for item in work.items]
 
 
-    for idx, s in zip(owners, scores, strict=True):
+def run_classify(work: ChunkWork, loaded: LoadedModel, rt: WorkerRuntime, cancel: Any) -> list[ItemResult]:
     if isinstance(loaded.engine, EncoderEngine) and loaded.engine.kind == "classifier":
         return run_encoder_classify(work, loaded.engine, rt)
+    _gen_engine(loaded)
+    labels: list[str] = work.task["labels"]
+    tok = loaded.tokenizer
+    label_ids = [tok(" " + label, add_special_tokens=False)["input_ids"] or [tok.eos_token_id] for label in labels]
+    longest = max(len(x) for x in label_ids)
+    rows: list[tuple[list[int], list[int]]] = []
+    owners: list[int] = []
+    out: dict[int, ItemResult] = {}
+    for idx, _cid, text, _extra in work.items:
+        try:
+            prompt = _prompt_ids(loaded, classify_prompt(text, labels, work.task.get("instruction", "")), longest,
+                                 rt.platform.settings.max_prompt_chars)
+        except JobFailure as exc:
+            out[idx] = ItemResult(idx, error_code=exc.code, error_message=exc.message)
+            continue
+        for ids in label_ids:
+            rows.append((prompt, ids))
+            owners.append(idx)
+    if cancel.is_set():
+        raise JobFailure("cancelled", "worker stopping")
+    scores = score_continuations(loaded, rows, rt.platform.settings.worker_max_batch) if rows else []
+    per_doc: dict[int, list[float]] = {}
+    for idx, s in zip(owners, scores, strict=True):
         per_doc.setdefault(idx, []).append(s)
     for idx, ss in per_doc.items():
         best = max(range(len(labels)), key=lambda i: ss[i])
