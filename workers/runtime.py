@@ -40,6 +40,7 @@ class WorkerRuntime:
     _threads: list[threading.Thread] = field(default_factory=list)
     last_task_at: object = None
     _handing_back: set[str] = field(default_factory=set)
+    stopping: bool = False  # SIGTERM received: no new job starts here (a message that still arrives goes back)
     _specs: TTLCache[ModelSpec | None] = field(default_factory=lambda: TTLCache(10.0))
     _handlers: dict[str, Any] = field(default_factory=dict)
     training_slot: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(1))
@@ -95,6 +96,7 @@ class WorkerRuntime:
         """SIGTERM: running jobs get a grace period to finish; what is still running then goes back to the
         queue (stopped between steps, handed back by the task), so a deploy never loses or strands a job."""
         grace = self.platform.settings.shutdown_grace_s
+        self.stopping = True
 
         def _after_grace() -> None:
             with self._lock:

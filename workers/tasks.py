@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import shared_task
+from celery.exceptions import Reject
 from flask import current_app
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -39,6 +40,8 @@ def run_job(self: Any, job_id: str) -> None:
 def _run_job(self: Any, job_id: str) -> None:
     rt = runtime()
     rt.took_message()
+    if rt.stopping:  # a message that reached a stopping worker (a job it just handed back, say) goes back
+        raise Reject("worker stopping", requeue=True)
     limit = rt.platform.settings.max_running_jobs
     over = False
 
