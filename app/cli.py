@@ -144,6 +144,38 @@ def keys_revoke(key_id: int) -> None:
     click.echo(f"revoked key {key_id}")
 
 
+# ---- secrets -------------------------------------------------------------------------------------------
+
+
+@main.group()
+def secrets() -> None:
+    """The key that seals stored secrets (LLMOS_SECRET_KEY)."""
+
+
+@secrets.command("new-key")
+def secrets_new_key() -> None:
+    """Print a new key for LLMOS_SECRET_KEY (put it first in the list; keep the old ones after it)."""
+    from app import secrets_box
+
+    click.echo(secrets_box.new_key())
+
+
+@secrets.command("reseal")
+def secrets_reseal() -> None:
+    """Seal every stored secret under the first key of LLMOS_SECRET_KEY (after a rotation, or for secrets written
+    before migration 0009); then the older keys can go."""
+    from app import secrets_box
+    from app.db import Database
+
+    settings = load_settings()
+    db = Database(settings.database_url)
+    try:
+        n = secrets_box.reseal(db=db, box=secrets_box.box_for(settings))
+    finally:
+        db.dispose()
+    click.echo(f"{n} stored secret(s) sealed under the first key of LLMOS_SECRET_KEY")
+
+
 # ---- kinds ---------------------------------------------------------------------------------------------
 
 
@@ -455,7 +487,6 @@ def _demo(base: str, settings: Any) -> None:
 
 # ---- batches (over HTTP) ------------------------------------------------------------------------------
 
-SUMMARIZE = "Summarize:\n{text}\nSummary:"
 FINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -501,24 +532,6 @@ def _download(base: str, key: str, file_id: str, dest: str) -> None:
             out.write(chunk)
 
 
-def _task(task: str, template: str | None, labels: str | None, fields: str | None) -> dict[str, Any]:
-    def split(v: str | None, opt: str) -> list[str]:
-        items = [x.strip() for x in (v or "").split(",") if x.strip()]
-        if not items:
-            raise click.UsageError(f"--task {task} needs {opt} (comma-separated)")
-        return items
-
-    if task == "summarize":
-        return {"type": "generate", "template": template or SUMMARIZE}
-    if task == "generate":
-        return {"type": "generate", "template": template or "{text}"}
-    if task == "classify":
-        return {"type": "classify", "labels": split(labels, "--labels")}
-    if task == "extract":
-        return {"type": "extract", "fields": split(fields, "--fields")}
-    return {"type": "embed"}
-
-
 def _conn(url: str | None, key: str | None) -> tuple[str, str]:
     if not key:
         raise click.UsageError("give --key or set LLMOS_API_KEY")
@@ -558,7 +571,7 @@ def batch_submit(path: str, task_name: str, model: str | None, template: str | N
                  url: str | None, key: str | None) -> None:
     """Upload PATH (JSONL lines {"custom_id", "text"}) and submit it as a batch; prints the batch id."""
     base, key = _conn(url, key)
-    body: dict[str, Any] = {"task": _task(task_name, template, labels, fields),
+    body: dict[str, Any] = {"task": cli_ops.batch_task(task_name, template, labels, fields),
                             "model": model or ("all-minilm-l6-v2" if task_name == "embed" else "smollm2-135m-instruct")}
     params = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("temperature", temperature)) if v is not None}
     if params:

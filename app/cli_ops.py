@@ -378,13 +378,11 @@ def batches_create(path: str | None, input_file: str | None, task_name: str, mod
                    template: str | None, labels: str | None, fields: str | None, params_json: str | None, wait: bool,
                    url: str | None, key: str | None, as_json: bool) -> None:
     """Create a batch from PATH (JSONL {"custom_id", "text"} lines, uploaded first) or --input-file."""
-    from app.cli import _task
-
     if bool(path) == bool(input_file):
         raise click.UsageError("give PATH or --input-file (one of them)")
     c = Client(url, key)
     file_id = input_file or c.upload(str(path), "batch")["id"]
-    body: dict[str, Any] = {"input_file_id": file_id, "task": _task(task_name, template, labels, fields),
+    body: dict[str, Any] = {"input_file_id": file_id, "task": batch_task(task_name, template, labels, fields),
                             "model": model or ("all-minilm-l6-v2" if task_name == "embed" else "smollm2-135m-instruct")}
     params = _json_arg(params_json, "--params")
     if params:
@@ -543,3 +541,26 @@ finetunes.add_command(jobs_cancel, "cancel")
 finetunes.add_command(jobs_events, "events")
 
 GROUPS = (jobs, files, batches, finetunes)
+
+
+SUMMARIZE = "Summarize:\n{text}\nSummary:"
+
+
+def batch_task(task: str, template: str | None, labels: str | None, fields: str | None) -> dict[str, Any]:
+    """The `task` object of a batch from the command line's --task and its options."""
+
+    def split(v: str | None, opt: str) -> list[str]:
+        items = [x.strip() for x in (v or "").split(",") if x.strip()]
+        if not items:
+            raise click.UsageError(f"--task {task} needs {opt} (comma-separated)")
+        return items
+
+    if task == "summarize":
+        return {"type": "generate", "template": template or SUMMARIZE}
+    if task == "generate":
+        return {"type": "generate", "template": template or "{text}"}
+    if task == "classify":
+        return {"type": "classify", "labels": split(labels, "--labels")}
+    if task == "extract":
+        return {"type": "extract", "fields": split(fields, "--fields")}
+    return {"type": "embed"}

@@ -3,14 +3,14 @@
 
 - `LLMOS_SECRET_KEY` holds one key, or several separated by commas: the first seals, every one opens
   (MultiFernet). A key is 32 random bytes in base64, standard or URL-safe alphabet
-  (`openssl rand -base64 32`, or `python -m app.secrets_box new-key`).
+  (`openssl rand -base64 32`, or `llmos secrets new-key`).
 - Production requires it (checked by Settings at start). Elsewhere, with no key set, one is generated on first
   use into `<data_dir>/secret.key` (mode 0600) and kept there, so the embedded default keeps working across
   restarts. Processes that do not share a data dir (a fleet) must share `LLMOS_SECRET_KEY`.
 - A stored value is `fernet:<token>`. A value without the prefix is a plaintext secret written before
   migration 0009: it is read as is and sealed again the first time it is used (see app.services.webhooks).
 - Rotating the key: put the new key first and keep the old one after it (`LLMOS_SECRET_KEY=new,old`), restart,
-  run `python -m app.secrets_box reseal` (every stored secret sealed again under the new key; values are also
+  run `llmos secrets reseal` (every stored secret sealed again under the new key; values are also
   sealed again lazily when read), then drop the old key.
 """
 
@@ -20,7 +20,6 @@ import base64
 import binascii
 import functools
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,30 +153,3 @@ def reseal(*, db: Database, box: SecretBox) -> int:
                                            .values({c: box.seal(box.open(stored).value)}))
                     changed += done.rowcount  # type: ignore[attr-defined]
     return changed
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m app.secrets_box new-key` prints a key; `... reseal` seals every stored secret under the first
-    key of LLMOS_SECRET_KEY (after a key rotation, or to seal secrets written before migration 0009)."""
-    args = sys.argv[1:] if argv is None else argv
-    if args == ["new-key"]:
-        print(new_key())
-        return 0
-    if args == ["reseal"]:
-        from app.db import Database
-        from app.settings import load_settings
-
-        settings = load_settings()
-        db = Database(settings.database_url)
-        try:
-            n = reseal(db=db, box=box_for(settings))
-        finally:
-            db.dispose()
-        print(f"{n} stored secret(s) sealed under the first key of LLMOS_SECRET_KEY")
-        return 0
-    print("usage: python -m app.secrets_box new-key | reseal", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -313,13 +313,17 @@ def test_key_rotation(embedded: Callable[..., Any], monkeypatch: pytest.MonkeyPa
     [(_, sealed_k2, _)] = raw_secrets(app2)
     assert sealed_k2 != sealed_k1 and SecretBox(parse_keys(k2)).open(sealed_k2) == secrets_box.Opened(secret, False)
 
-    # the offline pass: `python -m app.secrets_box reseal` with the environment of the processes
+    # the offline pass: `llmos secrets reseal` with the environment of the processes
     with app2.extensions["llmos"].db.engine.begin() as c:
         c.execute(text("UPDATE webhook_settings SET previous_secret = :p"), {"p": SecretBox(parse_keys(k1)).seal("x")})
     monkeypatch.setenv("LLMOS_DATABASE_URL", settings.database_url)
     monkeypatch.setenv("LLMOS_SECRET_KEY", f"{k2},{k1}")
     monkeypatch.setenv("LLMOS_DATA_DIR", str(settings.data_dir))
-    assert secrets_box.main(["reseal"]) == 0
+    from click.testing import CliRunner
+
+    from app.cli import main as llmos
+    done = CliRunner().invoke(llmos, ["secrets", "reseal"])
+    assert done.exit_code == 0 and "sealed" in done.output, done.output
     assert reseal(db=app2.extensions["llmos"].db, box=SecretBox(parse_keys(k2))) == 0  # k1 no longer needed
 
     # a key nobody kept: clear error, the delivery is recorded as not sent and retried, nothing crashes

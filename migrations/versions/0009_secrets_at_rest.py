@@ -1,7 +1,7 @@
 """webhook signing secrets sealed at rest: the columns widen to hold `fernet:<token>`
 
 Existing plaintext secrets are not touched here: the application reads a value without the `fernet:` prefix as
-plaintext and seals it the first time it uses it (app.services.webhooks), and `python -m app.secrets_box reseal`
+plaintext and seals it the first time it uses it (app.services.webhooks), and `llmos secrets reseal`
 seals them all at once. Sealing here would need the key at migration time, and a migration that read the key
 from a different place than the processes (another data dir, a missing environment variable) would seal every
 secret under a key nobody has; the code that seals is the code that opens.
