@@ -282,6 +282,7 @@ def kind_public(k: kinds.JobKind) -> dict[str, Any]:
         "object": "kind",
         "description": k.description,
         "model_kind": k.model_kind,
+        "model_kinds": list(k.model_kinds),  # every kind of model it runs on (finetune: causal-lm, embedding)
         "queue_family": k.queue,
         "default_timeout_s": k.default_timeout_s,
         "cancellable": k.cancellable,
@@ -503,6 +504,7 @@ class KindPublic(Out):
     object: Literal["kind"]
     description: str
     model_kind: str | list[str] | None
+    model_kinds: list[str] = Field(default_factory=list, description="every kind of model it runs on")
     queue_family: str
     default_timeout_s: int | None
     cancellable: bool
