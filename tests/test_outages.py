@@ -110,7 +110,10 @@ def test_sigterm_lets_short_jobs_finish_and_hands_long_ones_back(make_app, pg, o
     assert done["output"] == {"n": 2}
     types = [e["type"] for e in (client.get(f"/jobs/{long['id']}/events", headers=auth(key))
                                          .get_json()["data"])]
-    types = [t for t in types if t != "progress"]  # progress events come and go with timing
+    # progress events come and go with timing; so does the scheduler's "republished" safety net, which may see
+    # the queue empty while the handed-back job's message is in flight (the extra message changes nothing: the
+    # claim is compare-and-set, and attempts == 2 above says the job ran twice, not three times)
+    types = [t for t in types if t not in ("progress", "republished")]
     assert types == ["queued", "running", "retry", "running", "succeeded"], types
 
 
