@@ -18,15 +18,15 @@ from app.errors import InvalidInput
 MAX_LIMIT = 100
 
 
-def parse_limit(raw: str | None, default: int = 20) -> int:
+def parse_limit(raw: str | None, default: int = 20, high: int = MAX_LIMIT) -> int:
     if raw is None:
         return default
     try:
         limit = int(raw)
     except ValueError:
         raise InvalidInput("limit must be an integer", field="limit") from None
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}", field="limit")
+    if not 1 <= limit <= high:
+        raise InvalidInput(f"limit must be between 1 and {high}", field="limit")
     return limit
 
 

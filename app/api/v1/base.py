@@ -5,7 +5,8 @@ from __future__ import annotations
 from flask import request
 
 from app.api.base import AuthResource
-from app.services.openai.common import parse_limit, parse_order
+from app.services.openai.common import parse_order
+from app.services.pagination import parse_limit
 
 
 class V1Resource(AuthResource):

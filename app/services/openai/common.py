@@ -35,18 +35,6 @@ def olist(data: list[dict[str, Any]], has_more: bool = False) -> dict[str, Any]:
             "last_id": data[-1]["id"] if data else None, "has_more": has_more}
 
 
-def parse_limit(raw: str | None, *, default: int = 20, high: int = 100) -> int:
-    if raw is None:
-        return default
-    try:
-        limit = int(raw)
-    except ValueError:
-        raise InvalidInput("limit must be an integer", field="limit") from None
-    if not 1 <= limit <= high:
-        raise InvalidInput(f"limit must be between 1 and {high}", field="limit")
-    return limit
-
-
 def parse_order(raw: str | None, default: str = "desc") -> str:
     order = raw or default
     if order not in ("asc", "desc"):
