@@ -34,6 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from app.services.registry import SEEDS, TINY_LLAMA_CONFIG  # noqa: E402
 from workers.engines.generation import GenerationEngine, GenRequest  # noqa: E402
+from workers.engines.locks import in_own_thread  # noqa: E402
 from workers.model_cache import ModelCache, ModelSpec  # noqa: E402
 
 
@@ -102,6 +103,19 @@ def smollm(cache: ModelCache) -> Any:
     return cache.get(ModelSpec(seed["name"], seed["kind"], seed["source_type"], seed["source"], {}))
 
 
+def padded_generate(model: Any, tok: Any, texts: list[str], new_tokens: int) -> float:
+    """Seconds of one padded `model.generate` over `texts`, greedy, exactly `new_tokens` each. Callers run it in a
+    thread of its own (as the engine's work runs in the engine's thread), so that no thread's OpenMP pool outlives
+    its run and slows the next one down (see workers.engines.locks.in_own_thread)."""
+    tok.padding_side = "left"
+    with torch.inference_mode():
+        enc = tok(texts, return_tensors="pt", padding=True)
+        t = time.perf_counter()
+        model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                       pad_token_id=tok.pad_token_id)
+        return time.perf_counter() - t
+
+
 def throughput(args: argparse.Namespace, cache: ModelCache, old: Any) -> None:
     loaded = smollm(cache)
     model, tok = loaded.model, loaded.tokenizer
@@ -109,14 +123,9 @@ def throughput(args: argparse.Namespace, cache: ModelCache, old: Any) -> None:
     prompts = [tok(t)["input_ids"] for t in texts]
     tps: dict[str, list[float]] = {"padded model.generate (one call)": [], "before (engine at baseline rev)": [],
                                    "this engine": []}
-    tok.padding_side = "left"
     for _ in range(args.repeats):
-        with torch.inference_mode():
-            enc = tok(texts, return_tensors="pt", padding=True)
-            t = time.perf_counter()
-            model.generate(**enc, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
-                           pad_token_id=tok.pad_token_id)
-            tps["padded model.generate (one call)"].append(args.jobs * args.new_tokens / (time.perf_counter() - t))
+        tps["padded model.generate (one call)"].append(args.jobs * args.new_tokens / in_own_thread(
+            lambda: padded_generate(model, tok, texts, args.new_tokens)))
         for label, cls, req in (("before (engine at baseline rev)", old.GenerationEngine, old.GenRequest),
                                 ("this engine", GenerationEngine, GenRequest)):
             eng = cls(model, tok, device="cpu", max_batch=64)

@@ -134,3 +134,59 @@ def test_short_request_joins_a_running_batch_and_leaves_first(loaded):
     assert long_res.completion_tokens == 1500
     alone = eng.generate(GenRequest(long_req.prompt_ids, max_new_tokens=1500, min_new_tokens=1500, temperature=0.0))
     assert long_res.text == alone.text  # joining and leaving did not disturb the long row
+
+
+def os_threads() -> int:
+    """Threads of this process that Python did not start (OpenMP's helpers among them)."""
+    import os
+
+    python = {t.native_id for t in threading.enumerate()}
+    return len({int(t) for t in os.listdir("/proc/self/task")} - python)
+
+
+def settled(target: int) -> int:
+    deadline = time.monotonic() + 5
+    while os_threads() > target and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return os_threads()
+
+
+def test_torch_work_off_the_engine_thread_leaves_no_openmp_pool_behind():
+    """A model load (or a training run) in a long-lived task thread would leave that thread's OpenMP helper
+    threads behind, and with more of them than cores every operator of the engine thread pays a wake-up.
+    in_own_thread runs the work in a thread that takes its pool with it."""
+    import torch
+
+    from workers.engines.locks import in_own_thread
+
+    if torch.get_num_threads() < 2:
+        pytest.skip("one intra-op thread: OpenMP keeps no helper threads")
+
+    def work() -> float:
+        return float(torch.ones(1 << 22).sin().sum())
+
+    expected = work()  # in this thread: its own pool, if any, exists from here on
+    before = os_threads()
+    assert in_own_thread(work) == expected
+    assert in_own_thread(work) == expected
+    assert settled(before) == before  # the helpers are told to exit as the thread ends; they go soon after
+
+    with pytest.raises(ValueError, match="boom"):
+        in_own_thread(lambda: (_ for _ in ()).throw(ValueError("boom")))
+
+    # the contrast: the same work in a thread that stays alive leaves its helpers running
+    done, release = threading.Event(), threading.Event()
+
+    def long_lived() -> None:
+        work()
+        done.set()
+        release.wait(10)
+
+    t = threading.Thread(target=long_lived)
+    mid = settled(before)
+    t.start()
+    done.wait(10)
+    time.sleep(0.2)
+    assert os_threads() >= mid + 1  # its OpenMP helper(s), still there
+    release.set()
+    t.join()

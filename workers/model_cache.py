@@ -26,6 +26,7 @@ from workers import loaders
 from workers.engines.embedding import EmbeddingEngine
 from workers.engines.encoder import EncoderEngine
 from workers.engines.generation import GenerationEngine
+from workers.engines.locks import in_own_thread
 from workers.errors import JobFailure
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,9 @@ class ModelCache:
         return replace(base, name=spec.name, adapter=key)
 
     def _load(self, spec: ModelSpec) -> LoadedModel:
+        return in_own_thread(lambda: self._build(spec), name=f"llmos-load-{spec.name}")
+
+    def _build(self, spec: ModelSpec) -> LoadedModel:
         t0 = time.monotonic()
         path = loaders.materialise(name=spec.name, source_type=spec.source_type, source=spec.source,
                                    config=spec.config, model_dir=self.model_dir)

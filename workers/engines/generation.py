@@ -30,7 +30,7 @@ import torch
 
 from workers.engines.graphs import DecodeGraphs
 from workers.engines.kv import PrefixKV, PrefixStore, SlotCache
-from workers.engines.locks import BUILD_LOCK
+from workers.engines.locks import BUILD_LOCK, in_own_thread
 from workers.engines.sampling import sample, uniforms
 from workers.errors import JobFailure
 
@@ -104,6 +104,9 @@ class GenerationEngine:
     def add_adapter(self, key: str, path: str) -> None:
         """Load a LoRA adapter onto the base model. Calls of the bare model keep giving the base model's output:
         every adapter layer is left inactive, and only a forward through `self.peft` naming the adapter uses it."""
+        in_own_thread(lambda: self._add_adapter(key, path), name=f"llmos-adapter-{key}")
+
+    def _add_adapter(self, key: str, path: str) -> None:
         from peft import PeftModel
         from peft.tuners.tuners_utils import BaseTunerLayer
 

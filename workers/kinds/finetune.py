@@ -20,6 +20,7 @@ from app.services import datasets, finetunes
 from workers import loaders
 from workers.engines.encoder_finetune import EncoderTrainer, encode_tagged, encode_text, tag_names
 from workers.engines.finetune import Encoded, Hooks, LoraTrainer, encode
+from workers.engines.locks import in_own_thread
 from workers.errors import JobFailure
 from workers.kinds import JobContext, Outcome
 
@@ -34,7 +35,7 @@ METRICS = ("accuracy", "macro_f1", "precision", "recall", "f1")  # an encoder's 
 def run(ctx: JobContext, rt: WorkerRuntime) -> Outcome:
     assert ctx.model is not None
     with _training_slot(ctx, rt):
-        output, usage = _train(ctx, rt)
+        output, usage = in_own_thread(lambda: _train(ctx, rt), name=f"llmos-train-{ctx.id}")
     saved = str(_saved_dir(rt, ctx))
     return Outcome(output, usage, also=lambda s: finetunes.register_model(s, job_id=ctx.id, output=output,
                                                                           adapter_path=saved))
