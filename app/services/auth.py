@@ -63,7 +63,7 @@ def parse_scopes(raw: str | list[str] | None) -> list[str]:
 
 
 def parse_rate_limit(raw: str | None) -> str | None:
-    """`N/minute` (or second, hour, day), as flask-limiter reads it."""
+    """`N/minute` (or second, hour, day), as the `limits` library parses it."""
     if raw is None:
         return None
     count, _, unit = raw.strip().partition("/")
