@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task
 from kombu import Exchange, Queue
 from kombu.transport import redis as kredis
+from kombu.utils.uuid import uuid
 
 from app.settings import Settings
 
@@ -131,27 +134,47 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
 
 
 class Publisher:
-    """Sends run-job messages to the queue a job was routed to."""
+    """Sends run-job messages to the queue a job was routed to.
+
+    Each message is the one `Celery.send_task` would build (`amqp.create_task_message`: protocol 2 headers,
+    body, correlation id and reply-to) and is published with kombu's `Producer.publish` the way Celery's
+    `send_task_message` does it: to the default exchange with the queue's name as routing key, persistent, with
+    the publish retry policy (`retry=True` reconnects and revives the producer), the queue declared first. What
+    it skips is per-message work that gives nothing here: routing (the queue is explicit), the task registry,
+    signals nobody connects, the result object, taking a producer out of Celery's pool (which re-binds it to a
+    channel each time), and re-binding and re-checking the queue's declaration on every message. Producers stay
+    bound to their channel in a small free list, and a queue is declared once per channel (again after a
+    reconnect: a new channel)."""
+
+    KEEP = 16  # idle producers (each with its own broker connection) kept per process
 
     def __init__(self, celery: Celery, broker_url: str) -> None:
         self.celery = celery
         self.broker_url = broker_url
+        self._idle: list[_BoundProducer] = []
+        self._pid = os.getpid()
 
     def publish(self, *, job_id: str, queue: str, priority: int) -> None:
-        # No exchange or routing key given: Celery publishes to the default (nameless) exchange with the queue's
-        # name as the routing key, which needs no binding. A binding-routed publish is dropped silently when a
-        # broker restarted without persistence forgot the binding while kombu still remembers declaring it.
-        with self.celery.producer_or_acquire() as producer:
-            self.celery.send_task(
-                RUN_JOB_TASK,
-                args=[job_id],
-                argsrepr=f"[{job_id!r}]",  # what Celery would otherwise compute with saferepr on every publish
-                kwargsrepr="{}",
-                queue=make_queue(queue),
-                priority=broker_priority(self.broker_url, priority),
-                producer=producer,
-                retry=True,
-            )
+        if self._pid != os.getpid():  # forked: the parent's connections are not this process's to use
+            self._idle, self._pid = [], os.getpid()
+        try:
+            bound = self._idle.pop()  # list.pop / append are atomic: no lock for the free list
+        except IndexError:
+            bound = _BoundProducer(self.celery)
+        try:
+            bound.send(job_id=job_id, queue=queue, priority=broker_priority(self.broker_url, priority))
+        except BaseException:
+            bound.close()  # what failed beyond the retry policy is not reused
+            raise
+        if len(self._idle) < self.KEEP:
+            self._idle.append(bound)
+        else:
+            bound.close()
+
+    def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for bound in idle:
+            bound.close()
 
     def queue_depth(self, queue: str) -> int | None:
         """Messages waiting in a queue (all priority levels), or None when the broker cannot say. Declares the
@@ -162,3 +185,42 @@ class Publisher:
                 return int(count)
         except Exception:  # noqa: BLE001 - absent queue or broker down: unknown, never "empty"
             return None
+
+
+class _BoundProducer:
+    """A kombu producer on its own broker connection, and the queues declared on its current channel."""
+
+    def __init__(self, celery: Celery) -> None:
+        self.celery = celery
+        self.connection = celery.connection_for_write()
+        self.producer = celery.amqp.Producer(self.connection, auto_declare=False)
+        self.declared: dict[str, Queue] = {}
+        self.channel: Any = None
+        conf = celery.conf
+        self.retry_policy = dict(conf.task_publish_retry_policy or {})
+        self.serializer = conf.task_serializer
+        self.compression = conf.task_compression
+        self.delivery_mode = EXCHANGE.delivery_mode or conf.task_default_delivery_mode
+
+    def send(self, *, job_id: str, queue: str, priority: int) -> None:
+        producer = self.producer
+        if producer.channel is not self.channel:  # first use, or revived on a new channel after a reconnect
+            self.channel, self.declared = producer.channel, {}
+        declare = [] if queue in self.declared else [self.declared.setdefault(queue, make_queue(queue))]
+        task_id = uuid()
+        headers, properties, body, _sent_event = self.celery.amqp.create_task_message(
+            task_id, RUN_JOB_TASK, [job_id], None, reply_to=self.celery.thread_oid, ignore_result=None,
+            argsrepr=f"[{job_id!r}]", kwargsrepr="{}",  # what Celery would otherwise compute with saferepr
+        )
+        try:
+            producer.publish(body, exchange="", routing_key=queue, serializer=self.serializer,
+                             compression=self.compression, retry=True, retry_policy=self.retry_policy,
+                             delivery_mode=self.delivery_mode, declare=declare, headers=headers, priority=priority,
+                             **properties)
+        except BaseException:
+            self.declared.pop(queue, None)
+            raise
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # a connection that is already gone
+            self.connection.release()
