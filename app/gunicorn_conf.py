@@ -7,9 +7,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from app.logging_setup import dict_config
+from app.logging_setup import dict_config, lean_records
 
 logconfig_dict = dict_config()
+lean_records()  # in the master, before it forks the workers
 accesslog = None  # app.api.ops logs each request (method, path, status, duration, request_id)
 
 

@@ -112,8 +112,19 @@ def dict_config(fmt: str | None = None, level: str | None = None) -> dict[str, A
     }
 
 
+def lean_records() -> None:
+    """Records without what no formatter here writes: the caller's file, line and function (found by walking the
+    stack on every call), the thread's and the process's names and ids. The settings of the logging HOWTO's
+    "Optimization" section; a record costs half as much (the API logs a line per request)."""
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+
+
 def configure(fmt: str | None = None, level: str | None = None) -> None:
     """Install the handler (idempotent: a second call replaces the first)."""
+    lean_records()
     logging.config.dictConfig(dict_config(fmt, level))
     logging.captureWarnings(True)
     for name in QUIET:

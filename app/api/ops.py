@@ -84,6 +84,16 @@ def init_ops(app: Flask) -> None:
     registry = metrics.platform_registry(p.db, p.settings)
     readiness = Readiness()
 
+    counted: dict[tuple[str, str, int], tuple[Any, Any]] = {}  # (route, method, status) -> the metrics' children
+
+    def _children(rule: str, method: str, status: int) -> tuple[Any, Any]:
+        key = (rule, method, status)
+        found = counted.get(key)
+        if found is None:  # labels() takes a lock and builds the key tuple on every call: once per key instead
+            found = counted[key] = (metrics.HTTP_REQUESTS.labels(rule, method, str(status)),
+                                    metrics.HTTP_LATENCY.labels(rule, method))
+        return found
+
     @app.before_request
     def _start() -> None:
         g.llmos_t0 = time.perf_counter()
@@ -94,18 +104,23 @@ def init_ops(app: Flask) -> None:
 
     @app.after_request
     def _finish(resp: Response) -> Response:
-        rid = g.get("request_id") or uuid.uuid4().hex
+        req = request._get_current_object()  # type: ignore[attr-defined] # the proxy resolved once, not per use
+        ctx = g._get_current_object()
+        rid = getattr(ctx, "request_id", None) or uuid.uuid4().hex
         resp.headers["X-Request-ID"] = rid
-        t0 = g.get("llmos_t0")
+        t0 = getattr(ctx, "llmos_t0", None)
         seconds = time.perf_counter() - t0 if t0 is not None else 0.0
-        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        metrics.HTTP_REQUESTS.labels(rule, request.method, str(resp.status_code)).inc()
-        metrics.HTTP_LATENCY.labels(rule, request.method).observe(seconds)
-        if rule not in ("/metrics", "/healthz", "/readyz") and not rule.startswith("/ui/static"):
-            log.info("%s %s %d %.1fms", request.method, request.path, resp.status_code, seconds * 1000,
-                     extra={"method": request.method, "path": request.path, "route": rule,
-                            "status": resp.status_code, "duration_ms": round(seconds * 1000, 2),
-                            "request_id": rid})
+        rule = req.url_rule.rule if req.url_rule is not None else "unmatched"
+        method, status = req.method, resp.status_code
+        requests_total, latency = _children(rule, method, status)
+        requests_total.inc()
+        latency.observe(seconds)
+        if rule not in ("/metrics", "/healthz", "/readyz") and not rule.startswith("/ui/static") \
+                and log.isEnabledFor(logging.INFO):
+            path, ms = req.path, seconds * 1000
+            log.info("%s %s %d %.1fms", method, path, status, ms,
+                     extra={"method": method, "path": path, "route": rule, "status": status,
+                            "duration_ms": round(ms, 2), "request_id": rid})
         return resp
 
     @app.teardown_request
