@@ -128,9 +128,16 @@ def naive_server(port: int) -> list[str]:
             "--chdir", str(HERE), "intake:naive_app()"]
 
 
-def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+def start(argv: list[str], env: dict[str, str], log: Path, cwd: Path | None = None) -> subprocess.Popen:
     with open(log, "wb") as out:
-        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+
+
+def app_root() -> Path:
+    """The checkout `app` is imported from here (this one, or another on PYTHONPATH)."""
+    import app
+
+    return Path(app.__file__).resolve().parents[1]
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -382,9 +389,7 @@ def print_round_trips(label: str, own: Tally, background: Tally, per: int, one: 
 
 def app_origin() -> str:
     """Where `app` is imported from (this checkout, or another one on PYTHONPATH), with its git commit."""
-    import app
-
-    root = Path(app.__file__).resolve().parents[1]
+    root = app_root()
     done = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "app", "workers"],
                            capture_output=True, text=True).stdout.strip()
@@ -434,7 +439,9 @@ def main() -> None:
         for target, (server, _) in targets.items():
             ports[target] = free_port()
             log = tmp / f"{target}.log"
-            procs.append(start(server(ports[target]), env, log))
+            # `llmos api` execs `python -m gunicorn`, which puts its working directory first on sys.path: run it
+            # in the checkout under test, or it serves this directory's app whatever PYTHONPATH says
+            procs.append(start(server(ports[target]), env, log, cwd=app_root() if target == "llmos" else None))
             wait_healthy(ports[target], procs[-1], log)
 
         for target, (_, headers) in targets.items():
