@@ -2,23 +2,33 @@
 process counts together; memory on the embedded default (one process). A key's own limit (`--rate-limit`) or
 LLMOS_RATE_LIMIT; requests without a valid key are counted per client address. Every answer carries
 RateLimit-Limit; a 429 also Retry-After, RateLimit-Remaining and RateLimit-Reset. One round trip to the store
-per request (fixed window).
+per request (fixed window), or less (leases, below).
 
 The check is one `FixedWindowRateLimiter.hit` in a before-request hook, on the same storage, strategy and keys
 flask-limiter used (`LIMITS:LIMITER/llmos-rl:<database>/key:<hash>/global/<n>/1/<unit>`), so counters carry
 over an upgrade. flask-limiter's own per-request path (limit resolution through its manager, ordered sets, a
 per-request context object, its after-request hook) cost more CPU than the store's round trip for a limit that
-is one application-wide callable: a quarter of POST /jobs's time in the API process."""
+is one application-wide callable: a quarter of POST /jobs's time in the API process.
+
+On Redis, an API process takes a key's hits from the store in small leases (`Leases`): one INCRBY of n counts n
+hits in the window at once and this process serves the next n-1 requests of that key without a round trip.
+Leases shrink as the window fills (an eighth of what the store has left, at most 32), down to one hit per
+request near the limit, and a lease is only granted from what is left, so all processes together never serve
+more than the limit in a window; unused hits of a lease end with their window (another process's request may
+be refused a little early, by at most what the other processes hold). The memory store (one process) is asked
+every time."""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from dataclasses import dataclass
 from functools import lru_cache
 
 from flask import Flask, Response, g, request
 from limits import RateLimitItem, parse
-from limits.storage import storage_from_string
+from limits.storage import RedisStorage, Storage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 from werkzeug.exceptions import TooManyRequests
 
@@ -44,6 +54,42 @@ class RateLimited(TooManyRequests):
         super().__init__(description=str(item))  # "5 per 1 minute", the message flask-limiter gave
 
 
+@dataclass
+class _Lease:
+    left: int = 0  # hits already counted in the store that this process may still serve
+    until: float = 0.0  # the end of the store's window they were counted in (time.time())
+    seen: int = 0  # the window's count in the store when last asked
+
+
+class Leases:
+    """Fixed-window hits taken from the store `most` at a time (see the module's docstring)."""
+
+    def __init__(self, storage: Storage, most: int = 32) -> None:
+        self.storage = storage
+        self.most = most if isinstance(storage, RedisStorage) else 1
+        self._leases: dict[str, _Lease] = {}
+        self._lock = threading.Lock()
+
+    def hit(self, item: RateLimitItem, *identifiers: str) -> bool:
+        key = item.key_for(*identifiers)
+        now = time.time()
+        with self._lock:
+            lease = self._leases.get(key)
+            if lease is not None and lease.left > 0 and now < lease.until:
+                lease.left -= 1
+                return True
+            seen = lease.seen if lease is not None else 0
+        n = max(1, min(self.most, (item.amount - seen) // 8))
+        count = self.storage.incr(key, item.get_expiry(), amount=n)
+        granted = min(n, item.amount - (count - n))  # only what the window had left
+        until = self.storage.get_expiry(key) if granted > 1 else 0.0  # whole seconds, never past the window
+        with self._lock:
+            if len(self._leases) > 10_000:
+                self._leases = {k: v for k, v in self._leases.items() if v.until > now}
+            self._leases[key] = _Lease(left=max(0, granted - 1), until=until, seen=count)
+        return granted > 0
+
+
 def _who(digest: str | None) -> str:
     return f"key:{digest[:32]}" if digest else f"ip:{request.remote_addr or '127.0.0.1'}"
 
@@ -55,7 +101,9 @@ def init_limits(app: Flask) -> FixedWindowRateLimiter:
     prefix = f"llmos-rl:{database}"
     storage = storage_from_string(s.broker_url, socket_timeout=2, socket_connect_timeout=2) if redis \
         else storage_from_string("memory://")
-    limiter = FixedWindowRateLimiter(storage)
+    assert isinstance(storage, Storage)  # a synchronous store
+    limiter = FixedWindowRateLimiter(storage)  # the window's stats for a 429
+    leases = Leases(storage)
 
     @app.before_request
     def _check() -> None:
@@ -73,7 +121,7 @@ def init_limits(app: Flask) -> FixedWindowRateLimiter:
         args = (prefix, _who(digest), SCOPE)
         g.llmos_rate = (item, args)
         try:
-            allowed = limiter.hit(item, *args)
+            allowed = leases.hit(item, *args)
         except Exception:  # noqa: BLE001 - Redis down: the API keeps serving, unlimited, rather than failing
             log.exception("rate limit store unreachable; request not counted")
             return
