@@ -5,8 +5,9 @@
     python bench/engine.py --only throughput --jobs 32 --new-tokens 32
     python bench/engine.py --only prefix --docs 500 --instruction-tokens 300
 
-overhead:   tiny random llama, `--rows` requests at once: share of wall time outside the model's forward passes,
-            ms per decode step; this engine vs the engine before it (`--baseline-rev`, loaded from git).
+overhead:   tiny random llama, `--rows` requests at once: share of the engine's time (from its first forward pass to
+            the last result; not the submits before it) outside the model's forward passes, ms per decode step;
+            this engine vs the engine before it (`--baseline-rev`, loaded from git).
 throughput: SmolLM2-135M (real weights), `--jobs` prompts at once: tokens/s of this engine, the previous
             engine and one padded `model.generate` over the same prompts.
 prefix:     `--docs` documents behind one shared ~`--instruction-tokens` instruction (a batch template),
@@ -51,26 +52,35 @@ def old_engine_class(rev: str) -> Any:
     return mod
 
 
-def timed_forward(eng: Any) -> list[float]:
-    """Wrap the engine's forward so that each call's seconds are recorded."""
+def timed_forward(eng: Any) -> tuple[list[float], list[float]]:
+    """Wrap the engine's forward so that each call's seconds are recorded, and when each began."""
     spent: list[float] = []
+    began: list[float] = []
     inner = eng.forward
 
     def forward(adapters: list, **inputs: Any) -> Any:
         t = time.perf_counter()
         out = inner(adapters, **inputs)
+        began.append(t)
         spent.append(time.perf_counter() - t)
         return out
 
     eng.forward = forward
-    return spent
+    return spent, began
 
 
 def drive(eng: Any, req_cls: Any, prompts: list[list[int]], new: int) -> tuple[float, int]:
+    wall, toks, _ = drive_timed(eng, req_cls, prompts, new)
+    return wall, toks
+
+
+def drive_timed(eng: Any, req_cls: Any, prompts: list[list[int]], new: int) -> tuple[float, int, float]:
+    """Seconds from the first submit to the last result, tokens generated, and when the results were all in."""
     reqs = [req_cls(p, max_new_tokens=new, min_new_tokens=new, temperature=0.0) for p in prompts]
     t = time.perf_counter()
     res = [f.result() for f in [eng.submit(r) for r in reqs]]
-    return time.perf_counter() - t, sum(r.completion_tokens for r in res)
+    end = time.perf_counter()
+    return end - t, sum(r.completion_tokens for r in res), end
 
 
 def overhead(args: argparse.Namespace, cache: ModelCache, old: Any) -> None:
@@ -82,11 +92,13 @@ def overhead(args: argparse.Namespace, cache: ModelCache, old: Any) -> None:
         for label, cls, req in (("before (engine at baseline rev)", old.GenerationEngine, old.GenRequest),
                                 ("this engine", GenerationEngine, GenRequest)):
             eng = cls(loaded.model, tok, device="cpu", max_batch=args.rows)
-            spent = timed_forward(eng)
+            spent, began = timed_forward(eng)
             drive(eng, req, prompts[:4], 2)  # warm the thread
             spent.clear()
-            wall, toks = drive(eng, req, prompts, args.new_tokens)
+            began.clear()
+            _, toks, end = drive_timed(eng, req, prompts, args.new_tokens)
             eng.stop()
+            wall = end - began[0]  # the engine's time: from its first forward pass to the last result
             steps = len(spent)
             fwd = sum(spent)
             rows[label].append((1 - fwd / wall, (wall - fwd) / steps * 1e3, wall / steps * 1e3, toks / wall))

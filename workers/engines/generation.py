@@ -36,6 +36,8 @@ from workers.errors import JobFailure
 
 log = logging.getLogger(__name__)
 
+CHECK_EVERY = 4  # decode steps between looks at the rows' cancel events and deadlines (milliseconds apart)
+
 
 @dataclass
 class GenRequest:
@@ -50,9 +52,14 @@ class GenRequest:
     deadline: float = float("inf")  # time.monotonic() after which the request fails with `timeout`
     cancel: threading.Event = field(default_factory=threading.Event)
     future: Future = field(default_factory=Future)
-    produced: int = 0  # tokens generated so far (read by the task thread for progress)
     adapter: str | None = None  # a LoRA adapter loaded on this engine's model (a fine-tuned model); None: base
     on_token: Callable[[list[int]], None] | None = None  # called from the engine thread with the tokens so far
+    tokens: list[int] = field(default_factory=list)  # generated so far (the engine appends; others only read)
+
+    @property
+    def produced(self) -> int:
+        """Tokens generated so far (read by the task thread for progress)."""
+        return len(self.tokens)
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,8 @@ class GenerationEngine:
         self.prefill_forwards = 0
         self.peft: Any = None  # the base wrapped by peft once an adapter is loaded; self.model stays the base
         self.forward_lock = threading.Lock()  # held by every forward pass and by adapter loading
+        self._mask_values: tuple[torch.Tensor, torch.Tensor] | None = None  # 0 and the dtype's min, for masks
+        self.dtype = model.dtype  # (a property that walks the parameters: read once)
 
     def add_adapter(self, key: str, path: str) -> None:
         """Load a LoRA adapter onto the base model. Calls of the bare model keep giving the base model's output:
@@ -205,14 +214,12 @@ class GenerationEngine:
             if first is None:
                 return False
             self._pending.append(first)
-        while True:
-            try:
-                nxt = self._queue.get_nowait()
-            except queue.Empty:
-                return True
+        while not self._queue.empty():  # this thread is the only consumer: not empty means get() has one
+            nxt = self._queue.get_nowait()
             if nxt is None:
                 return False
             self._pending.append(nxt)
+        return True
 
     def _next_arrivals(self, running: int) -> list[GenRequest]:
         """Pending requests that join now: as many as there is room for, up to `prefill_tokens` prompt tokens
@@ -250,9 +257,11 @@ class GenerationEngine:
     def masks(self, allowed: torch.Tensor) -> Any:
         """The additive attention mask(s) for `allowed` [rows, 1, queries, columns] (True: may attend); a dict
         per layer type for models with sliding-window layers."""
-        dtype = self.model.dtype
-        full = torch.zeros(allowed.shape, dtype=dtype, device=self.device).masked_fill_(~allowed,
-                                                                                      torch.finfo(dtype).min)
+        dtype = self.dtype
+        if self._mask_values is None:
+            self._mask_values = (torch.zeros((), dtype=dtype, device=self.device),
+                                 torch.full((), torch.finfo(dtype).min, dtype=dtype, device=self.device))
+        full = torch.where(allowed, *self._mask_values)
         if self.window is None:
             return full
         cols = torch.arange(allowed.shape[3], device=self.device)
@@ -267,9 +276,12 @@ class _Row:
     req: GenRequest
     seed: int
     next_pos: int = 0  # the column (and position) of this row's next token
-    tokens: list[int] = field(default_factory=list)
     t0: float = field(default_factory=time.monotonic)
     batch_size: int = 1
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.req.tokens
 
 
 class _Batch:
@@ -283,12 +295,23 @@ class _Batch:
         self.logits: torch.Tensor | None = None
         self.last: torch.Tensor | None = None
         self._p: dict[str, torch.Tensor] | None = None
+        # what the rows need checked, planned when rows join or leave (see _params)
+        self._lists: list[list[int]] = []  # each row's generated tokens (its request's list)
+        self._stopping: list[int] = []  # rows with stop strings
+        self._listening: list[int] = []  # rows with a token listener (streams)
+        self._length_in = 0  # steps until the first row reaches its max_new_tokens
+        self._early_in = 0  # steps while some row is still short of its min_new_tokens
+        self._steps = 0
+        self._pos: torch.Tensor | None = None  # the rows' next columns (rebuilt when rows join or leave)
+        self._width = 0  # columns attention sees in the next decode: the largest next column + 1
+        self._advanced = 0  # decode steps the rows' next_pos lag behind (see _sync_pos)
+        self._adapters: list[str | None] = []
 
     def _cache(self, slots: int, columns: int) -> SlotCache:
         eng = self.eng
         if self.kv is None:
             start_slots = eng.max_batch if eng.graphs else 8
-            self.kv = SlotCache.for_model(eng.model.config, dtype=eng.model.dtype, device=eng.device,
+            self.kv = SlotCache.for_model(eng.model.config, dtype=eng.dtype, device=eng.device,
                                           slots=max(start_slots, _pow2(slots)), capacity=max(128, _pow2(columns)))
         elif self.kv.ensure(slots, columns) and eng.graphs:
             eng.graphs.reset()
@@ -299,7 +322,8 @@ class _Batch:
         if not self.eng.graphs:
             self.kv = None
         self.logits = self.last = None
-        self._p = None
+        self._p = self._pos = None
+        self._advanced = 0
 
     # ---- joining -----------------------------------------------------------------------------------------
 
@@ -307,6 +331,7 @@ class _Batch:
         """Prefill the arrivals together, grouped by (reused prefix, length), straight into free slots."""
         eng = self.eng
         eng.batches += 1
+        self._sync_pos()
         n0 = len(self.rows)
         self._cache(n0 + len(reqs), max(len(r.prompt_ids) for r in reqs) + 1)
         hits = self._prefix_hits(reqs, spare=n0 + len(reqs))
@@ -325,7 +350,7 @@ class _Batch:
                                [r.req.adapter for r in rows])
         self.rows += rows
         self.logits = logits if self.logits is None else torch.cat([self.logits, logits])
-        self._p = None
+        self._p = self._pos = None
         for row in rows:
             row.batch_size = len(self.rows)
 
@@ -404,69 +429,108 @@ class _Batch:
     # ---- stepping ----------------------------------------------------------------------------------------
 
     def _params(self) -> dict[str, torch.Tensor]:
+        """The rows' sampling parameters as tensors, and the plan of which rows need which checks (both rebuilt
+        when rows join or leave); "hot" is present when some row samples: an all-greedy batch never draws."""
         if self._p is None:
-            dev, rs = self.eng.device, [row.req for row in self.rows]
+            dev, rows = self.eng.device, self.rows
+            rs = [row.req for row in rows]
             self._p = {
                 "temperature": torch.tensor([r.temperature for r in rs], dtype=torch.float32, device=dev),
                 "top_k": torch.tensor([r.top_k for r in rs], dtype=torch.long, device=dev),
                 "top_p": torch.tensor([r.top_p for r in rs], dtype=torch.float32, device=dev),
-                "seed": torch.tensor([row.seed for row in self.rows], dtype=torch.long, device=dev),
-                "produced": torch.tensor([len(row.tokens) for row in self.rows], dtype=torch.long, device=dev),
-                "min_new": torch.tensor([r.min_new_tokens for r in rs], dtype=torch.long, device=dev),
-                "max_new": torch.tensor([r.max_new_tokens for r in rs], dtype=torch.long, device=dev),
-                "deadline": torch.tensor([r.deadline for r in rs], dtype=torch.float64),
+                "seed": torch.tensor([row.seed for row in rows], dtype=torch.long, device=dev),
             }
+            if any(r.temperature > 0 for r in rs):
+                self._p["hot"] = self._p["temperature"]
+            self._lists = [r.tokens for r in rs]
+            self._stopping = [i for i, r in enumerate(rs) if r.stop]
+            self._listening = [i for i, r in enumerate(rs) if r.on_token is not None]
+            self._length_in = min(r.max_new_tokens - len(r.tokens) for r in rs)
+            self._early_in = max(r.min_new_tokens - len(r.tokens) for r in rs)
         return self._p
 
     def step(self) -> list[_Row]:
-        """Sample every row's next token with its own parameters (one vectorised draw), decide which rows ended
-        (end of sequence, length, deadline) on tensors, settle them and let them leave."""
-        eng, p = self.eng, self._params()
+        """Sample every row's next token with its own parameters (one vectorised draw, none for an all-greedy
+        batch), then settle the rows that ended and let them leave. Per row, the host only appends the token and
+        looks for end-of-sequence; lengths are counted down for the whole batch, stop strings and listeners are
+        looked at for the rows that have them, cancels and deadlines every CHECK_EVERY steps."""
+        eng, p, rows = self.eng, self._params(), self.rows
         assert self.logits is not None
         logits = self.logits.float()
-        if len(eng.eos_t):
-            early = (p["produced"] < p["min_new"])[:, None]
-            logits[:, eng.eos_t] = logits[:, eng.eos_t].masked_fill(early, float("-inf"))
-        tokens = sample(logits, p["temperature"], p["top_k"], p["top_p"], uniforms(p["seed"], p["produced"]))
-        is_eos = torch.isin(tokens, eng.eos_t)
-        p["produced"] += ~is_eos
-        at_length = (p["produced"] >= p["max_new"]).tolist()
-        expired = (p["deadline"] < time.monotonic()).tolist()
-        toks, eos = tokens.tolist(), is_eos.tolist()
-        finished: list[int] = []
-        for i, row in enumerate(self.rows):
-            r = row.req
-            reason = None
-            if eos[i]:
-                reason = "stop"
+        u = None
+        if "hot" in p:
+            u = uniforms(p["seed"], torch.tensor([len(row.tokens) for row in rows], device=eng.device))
+        if self._early_in > 0 and "hot" in p:  # end-of-sequence is suppressed for rows short of min_new_tokens
+            self._suppress_eos(logits)
+        tokens = sample(logits, p["temperature"], p["top_k"], p["top_p"], u)
+        toks = tokens.tolist()
+        if self._early_in > 0 and "hot" not in p and self._early_eos(toks):
+            # all greedy: the argmax only changes for a row whose argmax is end-of-sequence, so suppress and
+            # take it again only when such a row is still short of its min_new_tokens
+            self._suppress_eos(logits)
+            tokens = sample(logits, p["temperature"], p["top_k"], p["top_p"], None)
+            toks = tokens.tolist()
+        self._steps += 1
+        self._early_in -= 1
+        self._length_in -= 1
+        ended: dict[int, str] = {}
+        eos_ids = eng.eos_ids
+        for i, (t, got) in enumerate(zip(toks, self._lists, strict=True)):
+            if t in eos_ids and len(got) >= rows[i].req.min_new_tokens:
+                ended[i] = "stop"
             else:
-                row.tokens.append(toks[i])
-                r.produced = len(row.tokens)
-                if r.on_token is not None:
-                    try:
-                        r.on_token(row.tokens)
-                    except Exception:  # noqa: BLE001 - a listener must never break the batch
-                        log.exception("token listener failed")
-                if r.stop and eng._stop_hit(r, row.tokens):
-                    reason = "stop"
-                elif at_length[i]:
-                    reason = "length"
-            if reason is not None:
-                r.future.set_result(eng._result(row, reason))
-            elif r.cancel.is_set():
-                r.future.set_exception(JobFailure("cancelled", "cancelled while running",
-                                                  output=eng._partial(row, "cancelled")))
-            elif expired[i]:
-                r.future.set_exception(JobFailure("timeout", "the job ran past its timeout_s",
-                                                  output=eng._partial(row, "timeout")))
-            else:
-                continue
-            finished.append(i)
+                got.append(t)
+        for i in self._listening:
+            r = rows[i].req
+            if i not in ended and r.on_token is not None:
+                try:
+                    r.on_token(r.tokens)
+                except Exception:  # noqa: BLE001 - a listener must never break the batch
+                    log.exception("token listener failed")
+        if self._length_in <= 0:
+            for i, row in enumerate(rows):
+                if i not in ended and len(row.tokens) >= row.req.max_new_tokens:
+                    ended[i] = "length"
+        for i in self._stopping:
+            if ended.get(i) != "stop" and eng._stop_hit(rows[i].req, rows[i].tokens):
+                ended[i] = "stop"
+        for i, reason in ended.items():
+            rows[i].req.future.set_result(eng._result(rows[i], reason))
+        failed: list[int] = []
+        if self._steps % CHECK_EVERY == 0:
+            now = time.monotonic()
+            for i, row in enumerate(rows):
+                r = row.req
+                if i in ended:
+                    continue
+                if r.cancel.is_set():
+                    r.future.set_exception(JobFailure("cancelled", "cancelled while running",
+                                                      output=eng._partial(row, "cancelled")))
+                elif r.deadline < now:
+                    r.future.set_exception(JobFailure("timeout", "the job ran past its timeout_s",
+                                                      output=eng._partial(row, "timeout")))
+                else:
+                    continue
+                failed.append(i)
         self.last = tokens
-        done = [self.rows[i] for i in finished]
+        finished = sorted([*ended, *failed])
+        done = [rows[i] for i in finished]
         if finished:
             self._leave(finished)
         return done
+
+    def _early_eos(self, toks: list[int]) -> bool:
+        """Whether a row still short of its min_new_tokens drew end-of-sequence."""
+        eos, rows = self.eng.eos_ids, self.rows
+        if eos.isdisjoint(toks):
+            return False
+        return any(t in eos and len(rows[i].tokens) < rows[i].req.min_new_tokens for i, t in enumerate(toks))
+
+    def _suppress_eos(self, logits: torch.Tensor) -> None:
+        """End-of-sequence out of reach of the rows still short of their min_new_tokens."""
+        eos = self.eng.eos_t
+        early = torch.tensor([len(row.tokens) < row.req.min_new_tokens for row in self.rows], device=eos.device)
+        logits[:, eos] = logits[:, eos].masked_fill(early[:, None], float("-inf"))
 
     def _leave(self, finished: list[int]) -> None:
         """Rows that ended leave: the last live rows move into their slots (only those rows' columns copied)."""
@@ -475,6 +539,7 @@ class _Batch:
         holes = [i for i in finished if i < n]
         movers = [i for i in range(n, len(self.rows)) if i not in gone]
         assert self.kv is not None and self.last is not None
+        self._sync_pos()
         if movers:
             self.kv.move(movers, holes, max(self.rows[i].next_pos for i in movers))
         idx = list(range(n))
@@ -482,22 +547,25 @@ class _Batch:
             idx[h] = m
         self.rows = [self.rows[i] for i in idx]
         self.last = self.last[torch.tensor(idx, dtype=torch.long, device=self.last.device)]
-        self._p = None
+        self._p = self._pos = None
 
     def decode(self) -> None:
-        """One forward of every row's last token: each writes its key/value at its own column."""
+        """One forward of every row's last token: each writes its key/value at its own column. The rows' columns
+        stay a tensor between steps (rebuilt only when rows join or leave)."""
         eng = self.eng
         assert self.last is not None
         n = len(self.rows)
-        pos = [row.next_pos for row in self.rows]
-        kv = self._cache(n, max(pos) + 1)
-        adapters = [row.req.adapter for row in self.rows]
-        pos_t = torch.tensor(pos, device=eng.device)
+        if self._pos is None:
+            self._sync_pos()
+            self._pos = torch.tensor([row.next_pos for row in self.rows], device=eng.device)
+            self._width = max(row.next_pos for row in self.rows) + 1
+            self._adapters = [row.req.adapter for row in self.rows]
+        pos_t, width, adapters = self._pos, self._width, self._adapters
+        kv = self._cache(n, width)
         if eng.graphs is not None and not any(adapters):
-            self.logits = eng.graphs.decode(kv, self.last, pos_t, max(pos) + 1)
+            self.logits = eng.graphs.decode(kv, self.last, pos_t, width)
         else:
-            width = max(pos) + 1
-            allowed = torch.arange(width, device=eng.device)[None, :] <= pos_t[:, None]
+            allowed = kv.columns[None, :width] <= pos_t[:, None]
             kv.rows, kv.write, kv.width = slice(0, n), pos_t, width
             try:
                 self.logits = eng.forward(adapters, input_ids=self.last[:, None], position_ids=pos_t[:, None],
@@ -505,8 +573,16 @@ class _Batch:
                                           use_cache=True).logits[:, -1, :]
             finally:
                 kv.write = None
-        for row in self.rows:
-            row.next_pos += 1
+        pos_t += 1
+        self._width += 1
+        self._advanced += 1
+
+    def _sync_pos(self) -> None:
+        """Bring the rows' next_pos up to date with the decode steps since the columns' tensor was built."""
+        if self._advanced:
+            for row in self.rows:
+                row.next_pos += self._advanced
+            self._advanced = 0
 
     def fail_all(self, failure: JobFailure) -> None:
         for row in self.rows:

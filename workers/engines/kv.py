@@ -27,6 +27,8 @@ class SlotCache:
                  slots: int, capacity: int) -> None:
         self.layers, self.heads, self.head_dim, self.dtype, self.device = layers, heads, head_dim, dtype, device
         self.keys = [self._new(slots, capacity) for _ in range(layers)]
+        self._slots = torch.arange(slots, device=device)  # slot numbers, sliced for a decode's rows
+        self.columns = torch.arange(capacity, device=device)  # column numbers, for masks
         self.values = [self._new(slots, capacity) for _ in range(layers)]
         # what the next forward reads and writes (set by the engine)
         self.rows = slice(0, 0)
@@ -68,13 +70,15 @@ class SlotCache:
                 grown = self._new(new_slots, new_cap)
                 grown[: old.shape[0], :, : old.shape[2]] = old
                 slab[i] = grown
+        self._slots = torch.arange(new_slots, device=self.device)
+        self.columns = torch.arange(new_cap, device=self.device)
         return True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         k, v = self.keys[layer_idx], self.values[layer_idx]
         if self.write is not None:  # decode: one new token per row, each at its own column
-            rows = torch.arange(self.rows.start, self.rows.stop, device=k.device)
+            rows = self._slots[self.rows]
             k[rows, :, self.write] = key_states[:, :, 0]
             v[rows, :, self.write] = value_states[:, :, 0]
             return k[self.rows, :, : self.width], v[self.rows, :, : self.width]

@@ -35,11 +35,14 @@ def uniforms(seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
 
 
 def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
-           u: torch.Tensor) -> torch.Tensor:
+           u: torch.Tensor | None) -> torch.Tensor:
     """Token per row of `logits` [n, V]. temperature 0 is greedy; top_k 0 and top_p 1 mean no cut; `u` [n] are the
-    rows' uniforms. Rows without a cut sample over the unsorted vocabulary; rows with one over a sorted candidate
-    list (the top max(top_k) when every cut row has a top_k, else the whole sorted vocabulary)."""
+    rows' uniforms (None only when every row is greedy). Rows without a cut sample over the unsorted vocabulary;
+    rows with one over a sorted candidate list (the top max(top_k) when every cut row has a top_k, else the whole
+    sorted vocabulary)."""
     tokens = logits.argmax(dim=-1)
+    if u is None:
+        return tokens
     hot = temperature > 0
     if not bool(hot.any()):
         return tokens
