@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from workers.engines.generation import GenerationEngine, GenRequest  # noqa: E402
+from workers.engines.locks import in_own_thread  # noqa: E402
 
 SHAPES = {
     "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -80,7 +81,9 @@ def main() -> None:
     args = ap.parse_args()
     dev = args.device
     dtype = torch.bfloat16 if dev.startswith("cuda") else torch.float32
-    model = build(args.shape, dev, dtype)
+    # torch work outside the engine runs in threads that end with it (on a CPU a thread's OpenMP pool outlives
+    # its work and slows the engine's thread down: workers.engines.locks.in_own_thread)
+    model = in_own_thread(lambda: build(args.shape, dev, dtype))
     g = torch.Generator().manual_seed(1)
     lo, hi = max(1, args.prompt_tokens * 3 // 4), args.prompt_tokens * 5 // 4 + 1
     prompts = [torch.randint(3, model.config.vocab_size, (int(torch.randint(lo, hi, (1,), generator=g)),),
@@ -108,45 +111,49 @@ def main() -> None:
     rows.append((f"engine ({'CUDA graphs' if graphs else 'eager'})", toks / wall,
                  f"wall {wall:.1f}s; {eng.prefill_forwards} prefill forwards; {captured} graphs"))
 
-    gen = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "do_sample": False,
-           "pad_token_id": 0, "eos_token_id": 1}
-    with torch.inference_mode():
-        if "naive" not in skip:
-            t0 = time.perf_counter()
-            for p in prompts[: args.naive_sample]:
-                model.generate(torch.tensor([p], device=dev), attention_mask=torch.ones((1, len(p)), device=dev,
-                                                                                        dtype=torch.long), **gen)
-            sync(dev)
-            wall = time.perf_counter() - t0
-            rows.append(("naive: one generate() per request", args.naive_sample * args.new_tokens / wall,
-                         f"{args.naive_sample} timed; all {args.jobs} ~{wall / args.naive_sample * args.jobs:.0f}s"))
-        if "padded" not in skip:
-            t0 = time.perf_counter()
-            for i in range(0, len(prompts), args.max_batch):
-                chunk = prompts[i : i + args.max_batch]
-                width = max(map(len, chunk))
-                ids = torch.tensor([[0] * (width - len(p)) + p for p in chunk], device=dev)
-                attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=dev)
-                model.generate(ids, attention_mask=attn, **gen)
-            sync(dev)
-            wall = time.perf_counter() - t0
-            rows.append((f"padded generate(), batches of {args.max_batch}", args.jobs * args.new_tokens / wall,
-                         f"wall {wall:.1f}s"))
-    if "cb" not in skip:  # generate_batch manages its own tensors and refuses to run inside inference_mode
-        label = "transformers generate_batch (continuous)"
-        if not hasattr(model, "generate_batch"):
-            rows.append((label, 0.0, "unavailable in this transformers"))
-        else:
-            try:
-                cfg = GenerationConfig(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                                       do_sample=False, eos_token_id=-1, pad_token_id=0)
+    def baselines() -> None:
+        gen = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "do_sample": False,
+               "pad_token_id": 0, "eos_token_id": 1}
+        with torch.inference_mode():
+            if "naive" not in skip:
                 t0 = time.perf_counter()
-                out = model.generate_batch(inputs=prompts, generation_config=cfg)
+                for p in prompts[: args.naive_sample]:
+                    model.generate(torch.tensor([p], device=dev), attention_mask=torch.ones((1, len(p)), device=dev,
+                                                                                            dtype=torch.long), **gen)
                 sync(dev)
                 wall = time.perf_counter() - t0
-                rows.append((label, sum(len(r.generated_tokens) for r in out.values()) / wall, f"wall {wall:.1f}s"))
-            except Exception as exc:  # noqa: BLE001 - an optional baseline; say why it is missing
-                rows.append((label, 0.0, f"unavailable: {exc.__class__.__name__}: {str(exc)[:70]}"))
+                every = wall / args.naive_sample * args.jobs
+                rows.append(("naive: one generate() per request", args.naive_sample * args.new_tokens / wall,
+                             f"{args.naive_sample} timed; all {args.jobs} ~{every:.0f}s"))
+            if "padded" not in skip:
+                t0 = time.perf_counter()
+                for i in range(0, len(prompts), args.max_batch):
+                    chunk = prompts[i : i + args.max_batch]
+                    width = max(map(len, chunk))
+                    ids = torch.tensor([[0] * (width - len(p)) + p for p in chunk], device=dev)
+                    attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=dev)
+                    model.generate(ids, attention_mask=attn, **gen)
+                sync(dev)
+                wall = time.perf_counter() - t0
+                rows.append((f"padded generate(), batches of {args.max_batch}", args.jobs * args.new_tokens / wall,
+                             f"wall {wall:.1f}s"))
+        if "cb" not in skip:  # generate_batch manages its own tensors and refuses to run inside inference_mode
+            label = "transformers generate_batch (continuous)"
+            if not hasattr(model, "generate_batch"):
+                rows.append((label, 0.0, "unavailable in this transformers"))
+            else:
+                try:
+                    cfg = GenerationConfig(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                                           do_sample=False, eos_token_id=-1, pad_token_id=0)
+                    t0 = time.perf_counter()
+                    out = model.generate_batch(inputs=prompts, generation_config=cfg)
+                    sync(dev)
+                    wall = time.perf_counter() - t0
+                    rows.append((label, sum(len(r.generated_tokens) for r in out.values()) / wall, f"wall {wall:.1f}s"))
+                except Exception as exc:  # noqa: BLE001 - an optional baseline; say why it is missing
+                    rows.append((label, 0.0, f"unavailable: {exc.__class__.__name__}: {str(exc)[:70]}"))
+
+    in_own_thread(baselines)
 
     base = rows[0][1]
     print(f"\n{'path':<44} {'tokens/s':>10} {'engine is':>10}  note")
