@@ -44,7 +44,9 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +150,31 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextmanager
+def deployment(pg_admin: str, redis_url: str) -> Iterator[tuple[dict[str, str], Path, str]]:
+    """A fresh database (dropped on the way out) and a flushed Redis db, migrated, with one bench key (no rate limit
+    to speak of): yields the environment for llmos commands, a temporary directory and the key. Stop the
+    processes started inside before leaving."""
+    name = f"llmos_bench_{secrets.token_hex(4)}"
+    admin = create_engine(pg_admin, isolation_level="AUTOCOMMIT")
+    db_url = pg_admin.rsplit("/", 1)[0] + "/" + name
+    redis.Redis.from_url(redis_url).flushdb()
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    tmp = Path(tempfile.mkdtemp(prefix="llmos-bench-"))
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOS_")}
+        env.update(LLMOS_ENV="production", LLMOS_SECRET_KEY=base64.b64encode(os.urandom(32)).decode(),
+                   LLMOS_DATABASE_URL=db_url, LLMOS_BROKER_URL=redis_url, LLMOS_DATA_DIR=str(tmp / "data"))
+        run_llmos(env, "db", "upgrade")
+        key = run_llmos(env, "keys", "create", "--owner", "bench", "--rate-limit", "1000000/minute").strip()
+        yield env, tmp, key
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def wait_healthy(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:

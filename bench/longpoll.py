@@ -13,17 +13,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
-import redis
-from intake import free_port, llmos_argv, run_llmos, start, stop, wait_healthy
-from sqlalchemy import create_engine, text
+from intake import deployment, free_port, llmos_argv, start, stop, wait_healthy
 
 
 async def holder(client: httpx.AsyncClient, url: str, headers: dict[str, str], until: float,
@@ -89,19 +85,7 @@ def main() -> None:
     ap.add_argument("--pg-admin", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/12", help="Redis URL; its db is flushed")
     args = ap.parse_args()
-    name = f"llmos_bench_{secrets.token_hex(4)}"
-    admin = create_engine(args.pg_admin, isolation_level="AUTOCOMMIT")
-    db_url = args.pg_admin.rsplit("/", 1)[0] + "/" + name
-    redis.Redis.from_url(args.redis).flushdb()
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    tmp = Path(tempfile.mkdtemp(prefix="llmos-bench-"))
-    try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOS_")}
-        env.update(LLMOS_ENV="production", LLMOS_DATABASE_URL=db_url, LLMOS_BROKER_URL=args.redis,
-                   LLMOS_DATA_DIR=str(tmp / "data"), LLMOS_SECRET_KEY=secrets.token_urlsafe(32))
-        run_llmos(env, "db", "upgrade")
-        key = run_llmos(env, "keys", "create", "--owner", "bench", "--rate-limit", "1000000/minute").strip()
+    with deployment(args.pg_admin, args.redis) as (env, tmp, key):
         headers = {"Authorization": f"Bearer {key}"}
         results = {}
         for label, threads, bound in (("now: 300 threads, bound 284 (defaults)", "300", None),
@@ -124,10 +108,6 @@ def main() -> None:
             print(f"  {label}: long-polls held {c['held']}, answered 'full' {c['full']}, errors {c['errors']}")
             for probe_name, xs in res["lat"].items():
                 print(line(probe_name, xs))
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 if __name__ == "__main__":

@@ -15,20 +15,15 @@ Printed: medians and p90 of each, the ratios sync/native and TTFT/native, and th
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
-import secrets
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import redis
 import requests
-from intake import free_port, llmos_argv, run_llmos, start, stop, wait_healthy
-from sqlalchemy import create_engine, text
+from intake import deployment, free_port, llmos_argv, start, stop, wait_healthy
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -88,52 +83,42 @@ def main() -> None:
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/12", help="Redis URL; its db is flushed")
     args = ap.parse_args()
 
-    name = f"llmos_bench_{secrets.token_hex(4)}"
-    admin = create_engine(args.pg_admin, isolation_level="AUTOCOMMIT")
-    db_url = args.pg_admin.rsplit("/", 1)[0] + "/" + name
-    redis.Redis.from_url(args.redis).flushdb()
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    tmp = Path(tempfile.mkdtemp(prefix="llmos-bench-"))
-    procs = []
-    try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOS_")}
-        env.update(LLMOS_ENV="production", LLMOS_SECRET_KEY=base64.b64encode(os.urandom(32)).decode(),
-                   LLMOS_DATABASE_URL=db_url, LLMOS_BROKER_URL=args.redis,
-                   LLMOS_DATA_DIR=str(tmp / "data"))
-        run_llmos(env, "db", "upgrade")
-        key = run_llmos(env, "keys", "create", "--owner", "bench", "--rate-limit", "1000000/minute").strip()
-        port = free_port()
-        procs.append(start(llmos_argv("api", "--host", "127.0.0.1", "--port", str(port)), env, tmp / "api.log"))
-        wait_healthy(port, procs[-1], tmp / "api.log")
-        procs.append(start(llmos_argv("worker", "--gpu-type", "cpu", "--concurrency", "8"), env, tmp / "worker.log"))
-        base, h = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
-        messages = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
-        for _ in range(3):  # model load, first batches
-            native(base, h, args.model, messages, args.max_tokens)
-            stream(base, h, args.model, messages, args.max_tokens)
-        nat, syn, ttft, full, chunks = [], [], [], [], []
-        for _ in range(args.samples):
-            nat.append(native(base, h, args.model, messages, args.max_tokens))
-            syn.append(sync(base, h, args.model, messages, args.max_tokens))
-            first, total, n = stream(base, h, args.model, messages, args.max_tokens)
-            ttft.append(first)
-            full.append(total)
-            chunks.append(n)
-        print(f"model {args.model}, max_tokens {args.max_tokens}, temperature 0, {args.samples} samples taking "
-              f"turns; {os.cpu_count()} CPUs; gunicorn + 1 worker (threads 8) on PostgreSQL + Redis")
-        for label, xs in (("native job submit -> result", nat), ("/v1 sync chat request -> answer", syn),
-                          ("/v1 stream: time to first token", ttft), ("/v1 stream: request -> [DONE]", full)):
-            print(f"  {label:34s} p50 {statistics.median(xs) * 1000:8.1f} ms   p90 {percentile(xs, 90) * 1000:8.1f} ms")
-        print(f"  sync / native (p50)               {statistics.median(syn) / statistics.median(nat):.2f}x")
-        print(f"  TTFT / native (p50)               {statistics.median(ttft) / statistics.median(nat):.2f}x")
-        print(f"  content chunks per stream         median {statistics.median(chunks):.0f}")
-    finally:
-        for p in reversed(procs):
-            stop(p)
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with deployment(args.pg_admin, args.redis) as (env, tmp, key):
+        procs: list = []
+        try:
+            report(args, env, tmp, key, procs)
+        finally:
+            for p in reversed(procs):
+                stop(p)
+
+
+def report(args: argparse.Namespace, env: dict[str, str], tmp: Path, key: str, procs: list) -> None:
+    """Start the API and one worker (into `procs`), take the samples in turns, print the figures."""
+    port = free_port()
+    procs.append(start(llmos_argv("api", "--host", "127.0.0.1", "--port", str(port)), env, tmp / "api.log"))
+    wait_healthy(port, procs[-1], tmp / "api.log")
+    procs.append(start(llmos_argv("worker", "--gpu-type", "cpu", "--concurrency", "8"), env, tmp / "worker.log"))
+    base, h = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
+    messages = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+    for _ in range(3):  # model load, first batches
+        native(base, h, args.model, messages, args.max_tokens)
+        stream(base, h, args.model, messages, args.max_tokens)
+    nat, syn, ttft, full, chunks = [], [], [], [], []
+    for _ in range(args.samples):
+        nat.append(native(base, h, args.model, messages, args.max_tokens))
+        syn.append(sync(base, h, args.model, messages, args.max_tokens))
+        first, total, n = stream(base, h, args.model, messages, args.max_tokens)
+        ttft.append(first)
+        full.append(total)
+        chunks.append(n)
+    print(f"model {args.model}, max_tokens {args.max_tokens}, temperature 0, {args.samples} samples taking "
+          f"turns; {os.cpu_count()} CPUs; gunicorn + 1 worker (threads 8) on PostgreSQL + Redis")
+    for label, xs in (("native job submit -> result", nat), ("/v1 sync chat request -> answer", syn),
+                      ("/v1 stream: time to first token", ttft), ("/v1 stream: request -> [DONE]", full)):
+        print(f"  {label:34s} p50 {statistics.median(xs) * 1000:8.1f} ms   p90 {percentile(xs, 90) * 1000:8.1f} ms")
+    print(f"  sync / native (p50)               {statistics.median(syn) / statistics.median(nat):.2f}x")
+    print(f"  TTFT / native (p50)               {statistics.median(ttft) / statistics.median(nat):.2f}x")
+    print(f"  content chunks per stream         median {statistics.median(chunks):.0f}")
 
 
 if __name__ == "__main__":

@@ -24,22 +24,17 @@ for the run and dropped at the end; the Redis db given is flushed.
 from __future__ import annotations
 
 import argparse
-import base64
 import os
-import secrets
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import redis
 import requests
 import torch
-from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -47,7 +42,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from engine import padded_generate, smollm  # noqa: E402
-from intake import free_port, llmos_argv, run_llmos, start, stop, wait_healthy  # noqa: E402
+from intake import deployment, free_port, llmos_argv, start, stop, wait_healthy  # noqa: E402
 
 from workers.engines.locks import in_own_thread  # noqa: E402
 from workers.model_cache import ModelCache  # noqa: E402
@@ -128,6 +123,42 @@ def cached_repeats(client: Client, prompt: str, repeats: int) -> tuple[list[floa
     return hits, uncached, cached_hits
 
 
+def measure(args: argparse.Namespace, env: dict[str, str], tmp: Path, key: str, model: Any, tok: Any,
+            procs: list) -> None:
+    """Start the API and one worker (into `procs`), take turns with the in-process baseline, print the figures."""
+    port = free_port()
+    procs.append(start(llmos_argv("api", "--host", "127.0.0.1", "--port", str(port)), env, tmp / "api.log"))
+    wait_healthy(port, procs[-1], tmp / "api.log")
+    procs.append(start(llmos_argv("worker", "--gpu-type", "cpu", "--concurrency", str(max(32, args.jobs))),
+                       env, tmp / "worker.log"))
+    client = Client(f"http://127.0.0.1:{port}", key)
+    platform_concurrent(client, prompts(4, "warm-up"), 4)  # model load, first batches
+
+    conc: dict[str, list[float]] = {"platform": [], "in-process": []}
+    seq: dict[str, list[float]] = {"platform": [], "in-process": []}
+    for r in range(args.rounds):
+        texts = prompts(args.jobs, f"round {r}")
+        conc["platform"].append(platform_concurrent(client, texts, args.new_tokens))
+        conc["in-process"].append(args.jobs * args.new_tokens / in_own_thread(
+            lambda texts=texts: padded_generate(model, tok, texts, args.new_tokens)))
+        one = prompts(args.sequential, f"alone {r}")
+        seq["platform"].append(platform_sequential(client, one, args.new_tokens))
+        seq["in-process"].append(inprocess_sequential(model, tok, one, args.new_tokens))
+    hits, uncached, n_cached = cached_repeats(client, "Name three primary colours.", args.repeats)
+
+    print(f"\n{MODEL}, greedy, {args.new_tokens} new tokens per job, {args.rounds} rounds taking turns "
+          f"(medians); {os.cpu_count()} CPU cores, no GPU; gunicorn + 1 worker on PostgreSQL + Redis")
+    for label, d, base in ((f"{args.jobs} concurrent jobs", conc, "one padded generate over them"),
+                           ("one job at a time", seq, "generate per prompt, one at a time")):
+        p, b = statistics.median(d["platform"]), statistics.median(d["in-process"])
+        print(f"  {label:<22} platform {p:7.1f} tok/s   in-process ({base}) {b:7.1f} tok/s   "
+              f"ratio {p / b:.2f}x   (per round: "
+              + " ".join(f"{x / y:.2f}" for x, y in zip(d["platform"], d["in-process"], strict=True)) + ")")
+    print(f"  cached repeat (submit -> result, {len(hits)} repeats, {n_cached} marked usage.cached): "
+          f"p50 {statistics.median(hits) * 1e3:.1f} ms  p90 {percentile(hits, 90) * 1e3:.1f} ms; "
+          f"the same request uncached p50 {statistics.median(uncached) * 1e3:.1f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=32)
@@ -145,57 +176,13 @@ def main() -> None:
     loaded = smollm(cache)
     model, tok = loaded.model, loaded.tokenizer
 
-    name = f"llmos_bench_{secrets.token_hex(4)}"
-    admin = create_engine(args.pg_admin, isolation_level="AUTOCOMMIT")
-    db_url = args.pg_admin.rsplit("/", 1)[0] + "/" + name
-    redis.Redis.from_url(args.redis).flushdb()
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    tmp = Path(tempfile.mkdtemp(prefix="llmos-bench-"))
-    procs = []
-    try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOS_")}
-        env.update(LLMOS_ENV="production", LLMOS_SECRET_KEY=base64.b64encode(os.urandom(32)).decode(),
-                   LLMOS_DATABASE_URL=db_url, LLMOS_BROKER_URL=args.redis, LLMOS_DATA_DIR=str(tmp / "data"))
-        run_llmos(env, "db", "upgrade")
-        key = run_llmos(env, "keys", "create", "--owner", "bench", "--rate-limit", "1000000/minute").strip()
-        port = free_port()
-        procs.append(start(llmos_argv("api", "--host", "127.0.0.1", "--port", str(port)), env, tmp / "api.log"))
-        wait_healthy(port, procs[-1], tmp / "api.log")
-        procs.append(start(llmos_argv("worker", "--gpu-type", "cpu", "--concurrency", str(max(32, args.jobs))),
-                           env, tmp / "worker.log"))
-        client = Client(f"http://127.0.0.1:{port}", key)
-        platform_concurrent(client, prompts(4, "warm-up"), 4)  # model load, first batches
-
-        conc: dict[str, list[float]] = {"platform": [], "in-process": []}
-        seq: dict[str, list[float]] = {"platform": [], "in-process": []}
-        for r in range(args.rounds):
-            texts = prompts(args.jobs, f"round {r}")
-            conc["platform"].append(platform_concurrent(client, texts, args.new_tokens))
-            conc["in-process"].append(args.jobs * args.new_tokens / in_own_thread(
-                lambda texts=texts: padded_generate(model, tok, texts, args.new_tokens)))
-            one = prompts(args.sequential, f"alone {r}")
-            seq["platform"].append(platform_sequential(client, one, args.new_tokens))
-            seq["in-process"].append(inprocess_sequential(model, tok, one, args.new_tokens))
-        hits, uncached, n_cached = cached_repeats(client, "Name three primary colours.", args.repeats)
-
-        print(f"\n{MODEL}, greedy, {args.new_tokens} new tokens per job, {args.rounds} rounds taking turns "
-              f"(medians); {os.cpu_count()} CPU cores, no GPU; gunicorn + 1 worker on PostgreSQL + Redis")
-        for label, d, base in ((f"{args.jobs} concurrent jobs", conc, "one padded generate over them"),
-                               ("one job at a time", seq, "generate per prompt, one at a time")):
-            p, b = statistics.median(d["platform"]), statistics.median(d["in-process"])
-            print(f"  {label:<22} platform {p:7.1f} tok/s   in-process ({base}) {b:7.1f} tok/s   "
-                  f"ratio {p / b:.2f}x   (per round: "
-                  + " ".join(f"{x / y:.2f}" for x, y in zip(d["platform"], d["in-process"], strict=True)) + ")")
-        print(f"  cached repeat (submit -> result, {len(hits)} repeats, {n_cached} marked usage.cached): "
-              f"p50 {statistics.median(hits) * 1e3:.1f} ms  p90 {percentile(hits, 90) * 1e3:.1f} ms; "
-              f"the same request uncached p50 {statistics.median(uncached) * 1e3:.1f} ms")
-    finally:
-        for p in reversed(procs):
-            stop(p)
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with deployment(args.pg_admin, args.redis) as (env, tmp, key):
+        procs: list = []
+        try:
+            measure(args, env, tmp, key, model, tok, procs)
+        finally:
+            for proc in reversed(procs):
+                stop(proc)
 
 
 if __name__ == "__main__":
