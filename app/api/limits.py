@@ -1,14 +1,14 @@
 """Rate limits per key, with the `limits` library (what flask-limiter wraps): Redis on services, so every API
 process counts together; memory on the embedded default (one process). A key's own limit (`--rate-limit`) or
 LLMOS_RATE_LIMIT; requests without a valid key are counted per client address. Every answer carries
-RateLimit-Limit; a 429 also Retry-After, RateLimit-Remaining and RateLimit-Reset. One round trip to the store
-per request (fixed window), or less (leases, below).
+RateLimit-Limit; a 429 also Retry-After, RateLimit-Remaining and RateLimit-Reset. A fixed window, counted in
+leases (below).
 
-The check is one `FixedWindowRateLimiter.hit` in a before-request hook, on the same storage, strategy and keys
-flask-limiter used (`LIMITS:LIMITER/llmos-rl:<database>/key:<hash>/global/<n>/1/<unit>`), so counters carry
-over an upgrade. flask-limiter's own per-request path (limit resolution through its manager, ordered sets, a
-per-request context object, its after-request hook) cost more CPU than the store's round trip for a limit that
-is one application-wide callable: a quarter of POST /jobs's time in the API process.
+The check runs in a before-request hook on the same storage, strategy and keys flask-limiter used
+(`LIMITS:LIMITER/llmos-rl:<database>/key:<hash>/global/<n>/1/<unit>`), so counters carry over an upgrade.
+flask-limiter's own per-request path (limit resolution through its manager, ordered sets, a per-request context
+object, its after-request hook) cost more CPU than the store's round trip for a limit that is one application-wide
+callable: a quarter of POST /jobs's time in the API process.
 
 On Redis, an API process takes a key's hits from the store in small leases (`Leases`): one INCRBY of n counts n
 hits in the window at once and this process serves the next n-1 requests of that key without a round trip.
