@@ -248,6 +248,42 @@ def drive(port: int, headers: dict[str, str], requests: int, concurrency: int,
     return Result([x for lat, _ in outcomes for x in lat], [e for _, errs in outcomes for e in errs], seconds)
 
 
+# ---- where the CPU goes ----------------------------------------------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _stat(pid: int) -> tuple[str, int, float] | None:
+    """(command name, parent pid, user + system CPU seconds) of a process, from /proc (Linux)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    name, rest = raw[raw.index("(") + 1:raw.rindex(")")], raw[raw.rindex(")") + 2:].split()
+    return name, int(rest[1]), (int(rest[11]) + int(rest[12])) / CLK_TCK
+
+
+def cpu_by_group(server_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by: the target's server (its process tree), PostgreSQL, Redis, this client, and the
+    whole machine (busy time of all CPUs, from /proc/stat). Differences between two snapshots say where a round's
+    CPU went. Empty where /proc is missing."""
+    if not Path("/proc/stat").exists():
+        return {}
+    stats = {pid: st for pid in (int(d) for d in os.listdir("/proc") if d.isdigit()) if (st := _stat(pid))}
+    tree, grew = {server_pid}, True
+    while grew:
+        more = {pid for pid, (_, ppid, _) in stats.items() if ppid in tree} - tree
+        tree |= more
+        grew = bool(more)
+    cpu = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    busy = (sum(int(x) for x in cpu[:8]) - int(cpu[3]) - int(cpu[4])) / CLK_TCK  # all but idle and iowait
+    times = os.times()
+    return {"server": sum(stats[p][2] for p in tree if p in stats),
+            "postgres": sum(c for n, _, c in stats.values() if n == "postgres"),
+            "redis": sum(c for n, _, c in stats.values() if n.startswith("redis-server")),
+            "client": times.user + times.system, "machine": busy}
+
+
 # ---- database round trips, counted in-process ------------------------------------------------------------
 
 
@@ -462,21 +498,26 @@ def main() -> None:
         NaiveBase.metadata.create_all(engine)
 
         targets = {"llmos": (llmos_server, {"Authorization": f"Bearer {key}"}), "naive": (naive_server, {})}
-        ports = {}
+        ports, servers = {}, {}
         for target, (server, _) in targets.items():
             ports[target] = free_port()
             log = tmp / f"{target}.log"
             # `llmos api` execs `python -m gunicorn`, which puts its working directory first on sys.path: run it
             # in the checkout under test, or it serves this directory's app whatever PYTHONPATH says
             procs.append(start(server(ports[target]), env, log, cwd=app_root() if target == "llmos" else None))
+            servers[target] = procs[-1].pid
             wait_healthy(ports[target], procs[-1], log)
 
         for target, (_, headers) in targets.items():
             drive(ports[target], headers, args.warmup, args.concurrency)
         runs: dict[str, list[Result]] = {target: [] for target in targets}
+        cpu: dict[str, Counter[str]] = {target: Counter() for target in targets}
         for _ in range(args.rounds):  # take turns, so that a noisy machine hits both targets alike
             for target, (_, headers) in targets.items():
+                before = cpu_by_group(servers[target])
                 runs[target].append(drive(ports[target], headers, args.requests, args.concurrency))
+                after = cpu_by_group(servers[target])
+                cpu[target].update({k: after[k] - before[k] for k in after})
         results = {t: Result([x for r_ in rs for x in r_.latencies], [e for r_ in rs for e in r_.errors],
                              sum(r_.seconds for r_ in rs)) for t, rs in runs.items()}
         rates = {t: statistics.median(r_.rate for r_ in rs) for t, rs in runs.items()}
@@ -510,6 +551,14 @@ def main() -> None:
         ratios = [a.rate / b.rate for a, b in zip(runs["llmos"], runs["naive"], strict=True)]
         print(f"llmos/naive rate: {rates['llmos'] / rates['naive']:.2f} (medians); per round: "
               + " ".join(f"{x:.2f}" for x in ratios))
+        if all(cpu.values()):
+            done = args.rounds * args.requests
+            print()
+            print("CPU ms per request (all rounds), by process: " + ", ".join(
+                f"{target}: " + " ".join(f"{k} {1000 * v / done:.2f}" for k, v in cpu[target].items())
+                for target in targets))
+            print("(server: the target's gunicorn tree; machine: busy time of all CPUs, "
+                  f"{os.cpu_count()} x the wall time at most)")
         for target, res in results.items():
             if res.errors:
                 print(f"{target}: first error of {len(res.errors)}: {res.errors[0]}")
