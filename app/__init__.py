@@ -10,6 +10,7 @@ from flask import Flask
 
 from app.db import Database
 from app.jobs.dispatch import Dispatcher
+from app.jobs.intake import Intake
 from app.jobs.lifecycle import ENDED
 from app.jobs.signals import Streams, Waiters, bus_for
 from app.platform import Platform, platform
@@ -30,7 +31,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.extensions["llmos"] = Platform(settings=settings, db=db, publisher=publisher, bus=bus,
                                        dispatcher=Dispatcher(db, publisher),
                                        waiters=Waiters(bus, ENDED, settings.max_waiting), lookups=Lookups(bus),
-                                       streams=Streams(bus, ENDED), result_cache=ResultCache(settings, db))
+                                       streams=Streams(bus, ENDED), result_cache=ResultCache(settings, db),
+                                       intake=Intake(db) if db.engine.dialect.name == "postgresql" else None)
     from app.api import init_api
     from app.api.limits import init_limits
     from app.api.ops import init_ops  # request ids, access log, /metrics, /readyz (first: every request gets an id)

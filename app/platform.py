@@ -8,6 +8,7 @@ from flask import current_app
 
 from app.db import Database
 from app.jobs.dispatch import Dispatcher
+from app.jobs.intake import Intake
 from app.jobs.signals import Bus, Streams, Waiters
 from app.queue import Publisher
 from app.services.lookups import Lookups
@@ -30,6 +31,7 @@ class Platform:
     lookups: Lookups
     streams: Streams  # text of streaming jobs on its way from the workers to this process's clients
     result_cache: ResultCache
+    intake: Intake | None = None  # group commit of new jobs (PostgreSQL only)
 
 
 def platform() -> Platform:

@@ -20,7 +20,8 @@ class JobList(AuthResource):
         if key is not None and not 1 <= len(key) <= 255:
             raise InvalidInput("Idempotency-Key must be 1 to 255 characters", field="Idempotency-Key")
         job, publish = jobs.create_job(db=p.db, lookups=p.lookups, settings=p.settings, owner_id=self.owner_id,
-                                       spec=spec, body=body, idempotency_key=key, cache=p.result_cache)
+                                       spec=spec, body=body, idempotency_key=key, cache=p.result_cache,
+                                       intake=p.intake)
         if publish is not None:
             p.dispatcher.publish([publish])
         public = job_public(job, self.base_url())

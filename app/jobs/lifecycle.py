@@ -14,6 +14,7 @@ here too (started with its first chunk, cancelling, finished once by its finalis
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from sqlalchemy import (
 from sqlalchemy import cast as cast_
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import TextClause
 
 from app.db import rowcount
 from app.errors import Conflict, NotFound
@@ -57,20 +59,32 @@ INVALIDATE = "invalidate"
 _NO_SYNC = {"synchronize_session": False}
 JOBS = cast(Table, Job.__table__)
 
-# POST /jobs on PostgreSQL: the job, its `queued` event and its outbox row in one statement (one round trip,
-# and no statement to build per request). Columns are the Job attributes a submission sets.
+# POST /jobs on PostgreSQL: jobs, their `queued` events and their outbox rows in one statement (data-modifying
+# CTEs: one round trip, and one commit on an autocommit connection), for a group of up to MAX_GROUP jobs
+# (app.jobs.intake). Columns are the Job attributes a submission sets.
 _SUBMIT_COLUMNS = [(a.columns[0].name, a.key) for a in inspect(Job).column_attrs if a.key in (
     "id", "owner_id", "kind", "model", "input", "params", "gpu", "queue", "priority", "batch_id", "status",
     "attempts", "max_attempts", "timeout_s", "metadata_", "idempotency_key", "request_hash", "webhook",
     "webhook_events", "created_at", "updated_at", "cache_key")]
-_SUBMIT_SQL = text(
-    f"WITH j AS (INSERT INTO jobs ({', '.join(c for c, _ in _SUBMIT_COLUMNS)}) "
-    f"VALUES ({', '.join(':' + c for c, _ in _SUBMIT_COLUMNS)}) RETURNING id, queue, priority), "
-    "e AS (INSERT INTO job_events (job_id, type, message, data, created_at) "
-    "SELECT id, :event_type, :event_message, :event_data, :now FROM j) "
-    "INSERT INTO outbox (job_id, queue, priority, created_at) SELECT id, queue, priority, :now FROM j RETURNING id"
-).bindparams(*(bindparam(c, type_=JOBS.c[c].type) for c, _ in _SUBMIT_COLUMNS),
-             bindparam("event_data", type_=JSON()), bindparam("now", type_=UTCDateTime()))
+MAX_GROUP = 32
+
+
+@functools.lru_cache(maxsize=MAX_GROUP)
+def _submit_sql(n: int) -> tuple[TextClause, list[list[tuple[str, str]]]]:
+    """The statement for n jobs (built once per n), and each job's (parameter, attribute) names."""
+    names = [[(f"{c}_{i}", a) for c, a in _SUBMIT_COLUMNS] for i in range(n)]
+    values = ", ".join("(" + ", ".join(":" + p for p, _ in row) + ")" for row in names)
+    sql = text(
+        f"WITH j AS (INSERT INTO jobs ({', '.join(c for c, _ in _SUBMIT_COLUMNS)}) VALUES {values} "
+        "RETURNING id, queue, priority), "
+        "e AS (INSERT INTO job_events (job_id, type, message, data, created_at) "
+        "SELECT id, 'queued', 'queued on ' || queue, json_build_object('queue', queue, 'priority', priority), :now "
+        "FROM j) "
+        "INSERT INTO outbox (job_id, queue, priority, created_at) SELECT id, queue, priority, :now FROM j "
+        "RETURNING id, job_id"
+    ).bindparams(*(bindparam(f"{c}_{i}", type_=JOBS.c[c].type) for i in range(n) for c, _ in _SUBMIT_COLUMNS),
+                 bindparam("now", type_=UTCDateTime()))
+    return sql, names
 
 
 def new_id(prefix: str) -> str:
@@ -180,35 +194,50 @@ def _dialect(session: Executor) -> str:
 # ---- submit --------------------------------------------------------------------------------------------
 
 
-def submit(session: Session | Connection, job: Job, *, warning: str | None = None,
-           warning_data: dict[str, Any] | None = None) -> int:
-    """A new queued job, its `queued` event (and a `warning` one) and its outbox row, in the caller's
-    transaction. Returns the outbox row's id (what the fast path marks sent after publishing). On PostgreSQL it
-    is one statement (data-modifying CTEs): the hot path of every POST /jobs."""
+def _queued(job: Job, now: datetime) -> None:
     job.status = JobStatus.queued
     job.attempts = 0
-    now = utcnow()
     job.created_at = job.updated_at = now
     if job.metadata_ is None:
         job.metadata_ = {}
+
+
+def submit(session: Session | Connection, job: Job, *, warning: str | None = None,
+           warning_data: dict[str, Any] | None = None) -> int:
+    """A new queued job, its `queued` event (and a `warning` one) and its outbox row, in the caller's
+    transaction. Returns the outbox row's id (what the fast path marks sent after publishing). On PostgreSQL the
+    job, event and outbox row are one statement (`submit_all`)."""
+    if _dialect(session) == "postgresql":
+        outbox_id = submit_all(session, [job])[0]
+        if warning:
+            session.execute(_EVENT, {"job_id": job.id, "type": "warning", "message": warning,
+                                     "data": warning_data or {}, "created_at": job.created_at})
+        return outbox_id
+    assert isinstance(session, Session), "SQLite submits through a session"
+    now = utcnow()
+    _queued(job, now)
     events = [("queued", f"queued on {job.queue}", {"queue": job.queue, "priority": job.priority})]
     if warning:
         events.append(("warning", warning, warning_data or {}))
-    dialect = session.dialect if isinstance(session, Connection) else session.get_bind().dialect
-    if dialect.name != "postgresql":
-        assert isinstance(session, Session), "SQLite submits through a session"
-        box = Outbox(job_id=job.id, queue=job.queue, priority=job.priority, created_at=now)
-        session.add_all([job, *(JobEvent(job_id=job.id, type=t, message=m, data=d, created_at=now)
-                                for t, m, d in events), box])
-        session.flush()
-        return box.id
-    params = {c: getattr(job, a) for c, a in _SUBMIT_COLUMNS}
-    params.update(event_type=events[0][0], event_message=events[0][1], event_data=events[0][2], now=now)
-    outbox_id = session.execute(_SUBMIT_SQL, params).scalar_one()
-    if len(events) > 1:
-        session.execute(_EVENT, {"job_id": job.id, "type": events[1][0], "message": events[1][1],
-                                 "data": events[1][2], "created_at": now})
-    return int(outbox_id)
+    box = Outbox(job_id=job.id, queue=job.queue, priority=job.priority, created_at=now)
+    session.add_all([job, *(JobEvent(job_id=job.id, type=t, message=m, data=d, created_at=now)
+                            for t, m, d in events), box])
+    session.flush()
+    return box.id
+
+
+def submit_all(session: Session | Connection, jobs: list[Job]) -> list[int]:
+    """New queued jobs on PostgreSQL (up to MAX_GROUP), each with its `queued` event and outbox row, in one
+    statement: on an autocommit connection one round trip and one commit for them all (app.jobs.intake groups
+    the jobs of concurrent requests this way). Returns the outbox rows' ids in the jobs' order."""
+    sql, names = _submit_sql(len(jobs))
+    now = utcnow()
+    params: dict[str, Any] = {"now": now}
+    for job, row in zip(jobs, names, strict=True):
+        _queued(job, now)
+        params.update({p: getattr(job, a) for p, a in row})
+    outbox = {job_id: int(outbox_id) for outbox_id, job_id in session.execute(sql, params)}
+    return [outbox[job.id] for job in jobs]
 
 
 def submit_answered(session: Session, job: Job, *, output: dict[str, Any], usage: dict[str, Any],

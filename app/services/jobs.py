@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from app.db import Database
 from app.errors import ApiError, Conflict, InvalidInput
 from app.jobs import kinds, lifecycle
+from app.jobs.intake import Intake
 from app.jobs.signals import Waiters
 from app.jobs.states import TERMINAL, JobStatus
 from app.models import Job, JobEvent, ModelEntry
@@ -118,9 +119,10 @@ def find_by_idempotency_key(*, session: Session, owner_id: int, key: str) -> Job
 
 def create_job(
     *, db: Database, lookups: Lookups, settings: Settings, owner_id: int, spec: ValidatedJob, body: Any,
-    idempotency_key: str | None, cache: ResultCache | None = None,
+    idempotency_key: str | None, cache: ResultCache | None = None, intake: Intake | None = None,
 ) -> tuple[Job, tuple[int, str, str, int] | None]:
-    """Submit in one transaction. Returns the job and its outbox row to publish (None for an idempotent replay:
+    """Submit in one transaction (with `intake`, on PostgreSQL: in the statement of a group of concurrent
+    submits). Returns the job and its outbox row to publish (None for an idempotent replay:
     the same key and body give the first job back; and for a request the result cache answered, whose job is
     written already succeeded)."""
     env = spec.envelope
@@ -183,9 +185,14 @@ def create_job(
         return job, (outbox_id, job.id, job.queue, job.priority)
 
     try:
-        # the common case: one statement, atomic alone (no BEGIN, no COMMIT)
-        if (db.engine.dialect.name == "postgresql" and idempotency_key is None and kind.check is None
-                and warning is None and hit is None):
+        # the common case: one statement, atomic alone (no BEGIN, no COMMIT), shared with the concurrent requests
+        # of this process (app.jobs.intake)
+        done: tuple[Job, tuple[int, str, str, int] | None]
+        common = idempotency_key is None and kind.check is None and warning is None and hit is None
+        if common and intake is not None:
+            job = new_job()
+            done = job, (intake.submit(job), job.id, job.queue, job.priority)
+        elif common and db.engine.dialect.name == "postgresql":
             done = db.run_statement(write)
         else:
             done = db.run(write)

@@ -18,7 +18,8 @@ class _Endpoint(V1Resource):
         p = platform()
         call = completions.parse_call(self.url, self.json_body(), p.settings)
         job, row = jobs.create_job(db=p.db, lookups=p.lookups, settings=p.settings, owner_id=self.owner_id,
-                                   spec=call.spec, body=call.body, idempotency_key=None, cache=p.result_cache)
+                                   spec=call.spec, body=call.body, idempotency_key=None, cache=p.result_cache,
+                                   intake=p.intake)
         if row is None:  # answered from the result cache (streams are never cached)
             return completions.answer(call, job), 200, {"X-Request-Job": job.id}
         if call.stream:
