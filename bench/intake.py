@@ -402,7 +402,8 @@ def sql_shape(statement: str) -> str:
 
 def llmos_config(db_url: str, broker_url: str, data_dir: Path) -> dict[str, Any]:
     return {"env": "production", "database_url": db_url, "broker_url": broker_url, "data_dir": str(data_dir),
-            "secret_key": base64.b64encode(os.urandom(32)).decode(), "rate_limit": "1000000/minute"}
+            "secret_key": base64.b64encode(os.urandom(32)).decode(), "rate_limit": "1000000/minute",
+            "max_queued_jobs": 10_000_000}  # no worker runs: every job of every round stays queued
 
 
 def count_submit_round_trips(*, db_url: str, broker_url: str, data_dir: Path, key: str, body: dict[str, Any],
@@ -495,7 +496,8 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOS_")}
         env.update(LLMOS_ENV="production", LLMOS_SECRET_KEY=base64.b64encode(os.urandom(32)).decode(),
                    LLMOS_DATABASE_URL=db_url, LLMOS_BROKER_URL=args.redis,
-                   LLMOS_DATA_DIR=str(tmp / "data"), BENCH_DATABASE_URL=db_url, BENCH_BROKER_URL=args.redis)
+                   LLMOS_DATA_DIR=str(tmp / "data"), BENCH_DATABASE_URL=db_url, BENCH_BROKER_URL=args.redis,
+                   LLMOS_MAX_QUEUED_JOBS="10000000")  # no worker runs: every job of every round stays queued
         run_llmos(env, "db", "upgrade")
         key = run_llmos(env, "keys", "create", "--owner", "bench", "--rate-limit", "1000000/minute").strip()
         engine = create_engine(db_url)
