@@ -16,9 +16,7 @@ printed.
 It then counts the database round trips of one POST /jobs in the common case, in-process: the same app on a
 Flask test client (same database, Redis and key), SQLAlchemy events on every engine of the process, after a
 warm-up request (the caches are warm): statements, BEGINs (psycopg 3 sends one before a transaction's first
-statement, a round trip of its own) and COMMITs, on the request's threads (its own, and the intake writer that
-writes its job in a group with concurrent requests' jobs: sequential POSTs make groups of one) and on background
-threads (the outbox
+statement, a round trip of its own) and COMMITs, on the request's thread and on background threads (the outbox
 marking).
 
     python bench/intake.py                       # 3 rounds of 2000 requests per target, 16 client threads
@@ -409,16 +407,14 @@ def llmos_config(db_url: str, broker_url: str, data_dir: Path) -> dict[str, Any]
 def count_submit_round_trips(*, db_url: str, broker_url: str, data_dir: Path, key: str, body: dict[str, Any],
                              posts: int = 50) -> tuple[Tally, Tally, float, list[str]]:
     """POST body `posts` times through a Flask test client after one warm-up request.
-    Returns (the request's threads: its own and the intake writer; background threads; POSTs per second; the
-    statements of one POST)."""
+    Returns (the request's thread, background threads, POSTs per second, the statements of one POST)."""
     from app import create_app
 
     app = create_app(llmos_config(db_url, broker_url, data_dir))
     client = app.test_client()
     headers = {"Authorization": f"Bearer {key}"}
     counter = RoundTrips()  # every engine of this process: the app's pools (the bench's own are idle meanwhile)
-    # the request's own: its thread, and the writer thread that writes its job (app.jobs.intake)
-    request = (threading.current_thread().name, "intake")
+    request = (threading.current_thread().name,)
     try:
         for _ in range(2):  # warm-up: connections, caches (key, model, webhook, gpu types), prepared plans
             res = client.post("/jobs", json=body, headers=headers)
@@ -443,7 +439,7 @@ def count_submit_round_trips(*, db_url: str, broker_url: str, data_dir: Path, ke
 
 
 def print_round_trips(label: str, own: Tally, background: Tally, per: int, one: list[str]) -> None:
-    print(f"{label}: on the request's threads, per POST: {own.statements / per:.2f} statements, "
+    print(f"{label}: on the request's thread, per POST: {own.statements / per:.2f} statements, "
           f"{own.begins / per:.2f} BEGIN, {own.commits / per:.2f} COMMIT, {own.rollbacks / per:.2f} ROLLBACK, "
           f"{own.pings / per:.2f} pre-ping = {own.round_trips / per:.2f} round trips")
     print(f"{' ' * len(label)}  background threads (outbox marking, amortised over {per} sequential POSTs): "

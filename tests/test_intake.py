@@ -1,5 +1,6 @@
 """Group commit of new jobs (app.jobs.intake) on PostgreSQL: concurrent submits share statements, every job gets
-its row, its `queued` event and its outbox row, and one bad job fails alone."""
+its row, its `queued` event and its outbox row, one bad job fails alone, and a lone submit writes on its own
+thread."""
 
 from __future__ import annotations
 
@@ -41,13 +42,15 @@ def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
 
 
 class Gate:
-    """Holds the intake's first statement until the test has queued what it wants behind it."""
+    """Holds the intake's first statement until the test has queued what it wants behind it; records the threads
+    that write."""
 
     def __init__(self, db: Database) -> None:
-        self.db, self.open, self.calls = db, threading.Event(), 0
+        self.db, self.open, self.calls, self.threads = db, threading.Event(), 0, []
 
     def run_statement(self, work: Callable[[Any], Any]) -> Any:
         self.calls += 1
+        self.threads.append(threading.current_thread())
         self.open.wait(30)
         return self.db.run_statement(work)
 
@@ -73,7 +76,7 @@ def test_concurrent_submits_share_statements_and_each_job_is_whole(db):
     intake = Intake(gate)  # type: ignore[arg-type]
     first = new_job(0)
     started = submit_all(intake, [first])
-    wait_for(lambda: gate.calls == 1)  # the writer holds the first job's statement
+    wait_for(lambda: gate.calls == 1)  # the first job's thread leads, and holds its statement
     rest = [new_job(i) for i in range(1, 41)]
     more = submit_all(intake, rest)
     wait_for(lambda: len(intake._pending) == 40)
@@ -85,6 +88,7 @@ def test_concurrent_submits_share_statements_and_each_job_is_whole(db):
     assert all(isinstance(out[j.id], int) for j in jobs), out
     assert len(set(out.values())) == 41
     assert intake.statements == 3  # 1, then the 40 waiting behind it in groups of at most 32: 32 + 8
+    assert all(t in started["threads"] + more["threads"] for t in gate.threads)  # request threads write, no other
 
     with db.session() as s:
         rows = {j.id: j for j in s.scalars(select(Job))}
@@ -124,16 +128,15 @@ def test_a_bad_job_in_a_group_fails_alone(db):
     assert ids == {j.id for j in good} | set(started["out"]) and bad.id not in ids
 
 
-def test_the_writer_thread_ends_when_idle_and_comes_back(db):
-    intake = Intake(db, idle_s=0.05)
-    assert isinstance(intake.submit(new_job(0)), int)
-    thread = intake._thread
-    assert thread is not None
-    thread.join(10)
-    assert not thread.is_alive() and intake._thread is None
-    assert isinstance(intake.submit(new_job(1)), int)
+def test_a_lone_submit_writes_on_its_own_thread(db):
+    gate = Gate(db)
+    gate.open.set()
+    intake = Intake(gate)  # type: ignore[arg-type]
+    for i in range(3):
+        assert isinstance(intake.submit(new_job(i)), int)
+    assert gate.threads == [threading.current_thread()] * 3 and intake.statements == 3
     with db.session() as s:
-        assert len(s.scalars(select(Job.id)).all()) == 2
+        assert len(s.scalars(select(Job.id)).all()) == 3
 
 
 def test_the_api_writes_through_the_intake_on_postgresql_only(app, make_app, client, key):
