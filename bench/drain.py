@@ -46,7 +46,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -139,6 +139,8 @@ class Ctx:
     body: dict[str, Any]
     celery: Celery
     raced: int = 0  # 422 "unknown kind" answers from the kinds registry race, sent again
+    # per latency sample: POST answered, created -> started, started -> finished, finished -> client has it (s)
+    parts: list[tuple[float, float, float, float]] = field(default_factory=list)
 
     def llmos_worker(self, log: Path) -> subprocess.Popen:
         return start(llmos_argv("worker", "--gpu-type", "cpu", "--concurrency", str(CONCURRENCY)), self.env, log)
@@ -246,6 +248,9 @@ class CpuWindow:
 
 
 def ts(value: Any) -> float:
+    """Seconds since the epoch of a datetime, an ISO 8601 string from the API (`...Z`) or a number."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
     return value.timestamp() if isinstance(value, datetime) else float(value)
 
 
@@ -475,9 +480,12 @@ def latency(ctx: Ctx, samples: int, warmup: int = 10) -> tuple[list[float], list
     def platform_once(wait: int = 10) -> float:
         t0 = time.perf_counter()
         job = request("POST", "/jobs", payload)
+        posted = time.perf_counter()
         while job["status"] not in TERMINAL:
             job = request("GET", f"/jobs/{job['id']}?wait={wait}")
-        elapsed = time.perf_counter() - t0
+        elapsed, now = time.perf_counter() - t0, time.time()
+        ctx.parts.append((posted - t0, ts(job["started_at"]) - ts(job["created_at"]),
+                          ts(job["finished_at"]) - ts(job["started_at"]), now - ts(job["finished_at"])))
         if job["status"] != "succeeded" or (ctx.body["kind"] == "echo" and job["output"] != ctx.body["input"]):
             sys.exit(f"latency job ended {job['status']}: {json.dumps(job)[:500]}")
         return elapsed
@@ -494,6 +502,7 @@ def latency(ctx: Ctx, samples: int, warmup: int = 10) -> tuple[list[float], list
         for _ in range(warmup):  # the first ones wait for both workers to start
             platform_once(wait=60)
             baseline_once()
+        ctx.parts.clear()
         plat: list[float] = []
         base: list[float] = []
         for i in range(samples):
@@ -646,6 +655,11 @@ def report(ctx: Ctx, kind: str, pg_version: str, plat: list[Drain], base: list[D
     print(f"  raw Celery: send_task + BLPOP of its reply       p50 {1000 * percentile(lat_base, 50):6.1f} ms   "
           f"p99 {1000 * percentile(lat_base, 99):6.1f} ms")
     print(f"  platform/raw Celery p50: {percentile(lat_plat, 50) / percentile(lat_base, 50):.1f}x")
+    if ctx.parts:
+        names = ("POST answered", "created -> started (publish, delivery, claim)",
+                 "started -> finished (run, outcome)", "finished -> client has it (wake-up, GET answer)")
+        print("  where the platform's time goes (p50 of each part, ms; job timestamps, one clock): " + "; ".join(
+            f"{n} {1000 * percentile([p[i] for p in ctx.parts], 50):.1f}" for i, n in enumerate(names)))
 
 
 if __name__ == "__main__":
