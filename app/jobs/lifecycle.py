@@ -202,7 +202,7 @@ def _queued(job: Job, now: datetime) -> None:
         job.metadata_ = {}
 
 
-def submit(session: Session | Connection, job: Job, *, warning: str | None = None,
+def submit(session: Session, job: Job, *, warning: str | None = None,
            warning_data: dict[str, Any] | None = None) -> int:
     """A new queued job, its `queued` event (and a `warning` one) and its outbox row, in the caller's
     transaction. Returns the outbox row's id (what the fast path marks sent after publishing). On PostgreSQL the
@@ -213,7 +213,6 @@ def submit(session: Session | Connection, job: Job, *, warning: str | None = Non
             session.execute(_EVENT, {"job_id": job.id, "type": "warning", "message": warning,
                                      "data": warning_data or {}, "created_at": job.created_at})
         return outbox_id
-    assert isinstance(session, Session), "SQLite submits through a session"
     now = utcnow()
     _queued(job, now)
     events = [("queued", f"queued on {job.queue}", {"queue": job.queue, "priority": job.priority})]

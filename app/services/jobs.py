@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -164,18 +164,17 @@ def create_job(
             cache_key=key,
         )
 
-    def write(session: Session | Connection) -> tuple[Job, tuple[int, str, str, int] | None]:
-        if isinstance(session, Session) and idempotency_key is not None:
+    def write(session: Session) -> tuple[Job, tuple[int, str, str, int] | None]:
+        if idempotency_key is not None:
             existing = find_by_idempotency_key(session=session, owner_id=owner_id, key=idempotency_key)
             if existing is not None:
                 return _replay(existing, body_hash), None
-        if isinstance(session, Session) and kind.check is not None:
+        if kind.check is not None:
             entry = session.get(ModelEntry, env.model) if env.model else None
             kinds.load(kind.check)(session=session, settings=settings, owner_id=owner_id, base=entry,
                                    input=spec.input, params=spec.params)
         job = new_job()
         if hit is not None:  # answered without a model: the job is written succeeded, nothing is published
-            assert isinstance(session, Session)
             job.cache_key = None
             lifecycle.submit_answered(session, job, output=hit[0], usage={**(hit[1] or {}), "cached": True},
                                       message="answered from the result cache")
@@ -185,15 +184,13 @@ def create_job(
         return job, (outbox_id, job.id, job.queue, job.priority)
 
     try:
-        # the common case: one statement, atomic alone (no BEGIN, no COMMIT), shared with the concurrent requests
-        # of this process (app.jobs.intake)
+        # the common case on PostgreSQL: one statement, atomic alone (no BEGIN, no COMMIT), shared with the
+        # concurrent requests of this process (app.jobs.intake)
         done: tuple[Job, tuple[int, str, str, int] | None]
-        common = idempotency_key is None and kind.check is None and warning is None and hit is None
-        if common and intake is not None:
+        if intake is not None and idempotency_key is None and kind.check is None and warning is None \
+                and hit is None:
             job = new_job()
             done = job, (intake.submit(job), job.id, job.queue, job.priority)
-        elif common and db.engine.dialect.name == "postgresql":
-            done = db.run_statement(write)
         else:
             done = db.run(write)
         if done[1] is not None:
